@@ -1,0 +1,117 @@
+//! The persisted records (DESIGN §2) and their state transitions. Storage makes each
+//! transition atomic with one conditional statement; the rules live here.
+
+use crate::UnixTime;
+use crate::pkce::CodeChallenge;
+use crate::scope::Scope;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Stable, never reassigned; the `sub` claim (OIDC Core §2).
+    pub user_id: String,
+    /// Normalized for lookup (see [`normalize_username`]).
+    pub username: String,
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+/// Usernames are compared after trimming and lower-casing, so `Alice` and `alice ` are
+/// one account.
+pub fn normalize_username(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// A browser session after login. Stored under the digest of the cookie value.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub session_hash: String,
+    pub user_id: String,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// One user's authorization of one client: one row, however many tokens it yields.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub grant_id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: Scope,
+    pub auth_time: i64,
+    pub session_hash: Option<String>,
+    pub nonce: Option<String>,
+    /// Generation of the current refresh token; 0 when none was issued.
+    pub refresh_generation: i64,
+    /// Digest of the current refresh token's secret.
+    pub refresh_hash: Option<String>,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    /// After this the grant is dead (refresh expiry) and may be swept.
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl Grant {
+    pub fn is_active(&self, now: UnixTime) -> bool {
+        self.revoked_at.is_none() && now.0 < self.expires_at
+    }
+}
+
+/// An authorization code waiting to be redeemed (RFC 6749 §4.1.2). Stored under the
+/// digest of the code.
+#[derive(Debug, Clone)]
+pub struct AuthorizationCode {
+    pub code_hash: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub session_hash: Option<String>,
+    pub redirect_uri: String,
+    pub scope: Scope,
+    pub nonce: Option<String>,
+    pub code_challenge: CodeChallenge,
+    pub auth_time: i64,
+    pub expires_at: i64,
+}
+
+/// A signing key's place in its life (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Next,
+    Active,
+    Retiring,
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        }
+    }
+    pub fn parse(s: &str) -> Option<KeyState> {
+        [KeyState::Next, KeyState::Active, KeyState::Retiring, KeyState::Retired]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+    /// Whether the key belongs in the JWKS.
+    pub fn is_published(self) -> bool {
+        !matches!(self, KeyState::Retired)
+    }
+}
+
+/// A stored signing key: the private part as PKCS#8.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: crate::jose::Alg,
+    pub state: KeyState,
+    pub private_pkcs8: Vec<u8>,
+    pub created_at: i64,
+}

@@ -1,0 +1,136 @@
+//! Token requests (RFC 6749 §4.1.3, §6, §4.4) parsed into one closed enum, refresh
+//! token format, and the checks a code redemption must pass.
+
+use crate::client::ClientAuthenticated;
+use crate::model::AuthorizationCode;
+use crate::params::Params;
+use crate::pkce::{CodeVerifier, PkceVerified};
+use crate::{ErrorCode, OAuthError, UnixTime};
+
+/// A token request, by `grant_type`.
+#[derive(Debug, Clone)]
+pub enum TokenRequest {
+    AuthorizationCode {
+        code: String,
+        redirect_uri: Option<String>,
+        code_verifier: Option<String>,
+    },
+    RefreshToken {
+        refresh_token: String,
+        scope: Option<String>,
+    },
+    ClientCredentials {
+        scope: Option<String>,
+    },
+}
+
+impl TokenRequest {
+    pub fn parse(params: &Params) -> Result<TokenRequest, OAuthError> {
+        let owned = |n: &str| params.get(n).map(str::to_owned);
+        match params.required("grant_type")? {
+            "authorization_code" => Ok(TokenRequest::AuthorizationCode {
+                code: params.required("code")?.to_owned(),
+                redirect_uri: owned("redirect_uri"),
+                code_verifier: owned("code_verifier"),
+            }),
+            "refresh_token" => Ok(TokenRequest::RefreshToken {
+                refresh_token: params.required("refresh_token")?.to_owned(),
+                scope: owned("scope"),
+            }),
+            "client_credentials" => Ok(TokenRequest::ClientCredentials { scope: owned("scope") }),
+            // RFC 9700 §2.4: no password grant; no implicit (it is not a token grant anyway).
+            other => Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant_type {} is not supported", other.chars().take(64).collect::<String>()),
+            )),
+        }
+    }
+
+    pub fn grant_type(&self) -> crate::client::GrantType {
+        use crate::client::GrantType;
+        match self {
+            TokenRequest::AuthorizationCode { .. } => GrantType::AuthorizationCode,
+            TokenRequest::RefreshToken { .. } => GrantType::RefreshToken,
+            TokenRequest::ClientCredentials { .. } => GrantType::ClientCredentials,
+        }
+    }
+}
+
+/// An opaque refresh token: `<grant_id>.<generation>.<secret>`. Only the digest of the
+/// secret is stored, in the grant row (DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    pub grant_id: String,
+    pub generation: i64,
+    pub secret: String,
+}
+
+impl RefreshToken {
+    pub fn parse(s: &str) -> Option<RefreshToken> {
+        if s.len() > 256 {
+            return None;
+        }
+        let mut it = s.split('.');
+        let (Some(grant_id), Some(generation), Some(secret), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return None;
+        };
+        let generation: i64 = generation.parse().ok().filter(|g| *g > 0)?;
+        let id_ok = !grant_id.is_empty() && grant_id.len() <= 64 && grant_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        (id_ok && secret_ok).then(|| RefreshToken { grant_id: grant_id.to_owned(), generation, secret: secret.to_owned() })
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.grant_id, self.generation, self.secret)
+    }
+}
+
+/// RFC 6749 §4.1.3 and OIDC Core §3.1.3.2: the checks on a consumed code. The code was
+/// already consumed atomically, so a failure here burns it (and no token was issued).
+pub fn check_code_redemption(
+    code: &AuthorizationCode,
+    client: &ClientAuthenticated,
+    redirect_uri: Option<&str>,
+    code_verifier: Option<&str>,
+    now: UnixTime,
+) -> Result<PkceVerified, OAuthError> {
+    if code.client_id != client.client_id() {
+        return Err(OAuthError::invalid_grant("the code was issued to another client"));
+    }
+    if now.0 >= code.expires_at {
+        return Err(OAuthError::invalid_grant("the code has expired"));
+    }
+    if redirect_uri != Some(code.redirect_uri.as_str()) {
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri must be identical to the one in the authorization request",
+        ));
+    }
+    let verifier = code_verifier.ok_or_else(|| OAuthError::invalid_grant("code_verifier is required"))?;
+    code.code_challenge.verify(&CodeVerifier::parse(verifier)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_types() {
+        let p = |s: &str| Params::parse(s.as_bytes()).unwrap();
+        assert!(matches!(TokenRequest::parse(&p("grant_type=client_credentials")), Ok(TokenRequest::ClientCredentials { .. })));
+        assert_eq!(TokenRequest::parse(&p("grant_type=password&username=a")).unwrap_err().code, ErrorCode::UnsupportedGrantType);
+        assert_eq!(TokenRequest::parse(&p("grant_type=implicit")).unwrap_err().code, ErrorCode::UnsupportedGrantType);
+        assert_eq!(TokenRequest::parse(&p("code=x")).unwrap_err().code, ErrorCode::InvalidRequest);
+        assert_eq!(TokenRequest::parse(&p("grant_type=authorization_code")).unwrap_err().code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn refresh_token_format() {
+        let t = RefreshToken { grant_id: "g1".into(), generation: 3, secret: "a".repeat(43) };
+        assert_eq!(RefreshToken::parse(&t.encode()), Some(t));
+        assert_eq!(RefreshToken::parse("g1.0.aaaa"), None);
+        assert_eq!(RefreshToken::parse(&format!("g1.x.{}", "a".repeat(43))), None);
+        assert_eq!(RefreshToken::parse(&format!("g'1.1.{}", "a".repeat(43))), None);
+        assert_eq!(RefreshToken::parse(&format!("g1.1.{}.x", "a".repeat(43))), None);
+    }
+}
