@@ -1,1 +1,100 @@
+//! Latchkey's storage: one [`Store`] trait by aggregate (clients, users, sessions,
+//! codes, grants, keys), implemented for SQLite (the embedded default) and PostgreSQL
+//! (for many nodes) by the same SQL, and one conformance suite run against both.
+//!
+//! Every state transition that must not race is one conditional statement: a code is
+//! redeemed by `UPDATE … WHERE redeemed_at IS NULL RETURNING …`, a refresh token is
+//! rotated by `UPDATE … WHERE refresh_generation = $n AND revoked_at IS NULL`.
+#![forbid(unsafe_code)]
 
+mod migrations;
+mod sql;
+
+use async_trait::async_trait;
+use latchkey_core::client::Client;
+use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, Session, User};
+
+pub use sql::{PgStore, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists (a username or client id).
+    #[error("already exists")]
+    Conflict,
+    /// A stored value could not be read back (a corrupt or foreign row).
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The result of trying to redeem a code.
+#[derive(Debug, Clone)]
+pub enum Redemption {
+    /// This call consumed the code; it now names `grant_id`.
+    Redeemed(AuthorizationCode),
+    /// The code was consumed before; `grant_id` is the grant the first redemption made.
+    AlreadyRedeemed { grant_id: Option<String> },
+    NotFound,
+}
+
+/// Storage for everything Latchkey keeps. Methods are domain operations.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is, for logs and tests.
+    fn backend(&self) -> &'static str;
+
+    // Clients
+    async fn create_client(&self, client: &Client) -> Result<()>;
+    async fn client(&self, client_id: &str) -> Result<Option<Client>>;
+    async fn list_clients(&self) -> Result<Vec<Client>>;
+    async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool>;
+
+    // Users
+    async fn create_user(&self, user: &User) -> Result<()>;
+    async fn user(&self, user_id: &str) -> Result<Option<User>>;
+    async fn user_by_username(&self, normalized: &str) -> Result<Option<User>>;
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Deletes the user, ends their sessions and revokes their grants.
+    async fn delete_user(&self, user_id: &str, now: i64) -> Result<bool>;
+
+    // Sessions
+    async fn create_session(&self, session: &Session) -> Result<()>;
+    /// The session, if it exists and has not expired.
+    async fn session(&self, session_hash: &str, now: i64) -> Result<Option<Session>>;
+    async fn delete_session(&self, session_hash: &str) -> Result<()>;
+
+    // Authorization codes
+    async fn insert_code(&self, code: &AuthorizationCode) -> Result<()>;
+    /// Atomically consumes the code and records the grant it will produce.
+    async fn redeem_code(&self, code_hash: &str, grant_id: &str, now: i64) -> Result<Redemption>;
+
+    // Grants
+    async fn insert_grant(&self, grant: &Grant) -> Result<()>;
+    async fn grant(&self, grant_id: &str) -> Result<Option<Grant>>;
+    /// Active grants of one user for one client (to know whether consent is remembered).
+    async fn active_grants(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Grant>>;
+    /// Moves the refresh token from generation `from` to `from + 1` with a new secret
+    /// digest, if and only if the grant is still at `from` and not revoked.
+    async fn rotate_refresh(
+        &self,
+        grant_id: &str,
+        from: i64,
+        new_hash: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool>;
+    /// Revokes a grant; true if this call revoked it.
+    async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool>;
+
+    // Signing keys
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    async fn keys(&self) -> Result<Vec<KeyRecord>>;
+
+    /// A server-wide secret by name, created from `fresh` if it does not exist yet; every
+    /// node gets the same value.
+    async fn server_secret(&self, name: &str, fresh: &str) -> Result<String>;
+}
