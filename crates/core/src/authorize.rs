@@ -26,11 +26,17 @@ impl Prompt {
                 // One account per session: choosing an account means signing in again.
                 "login" | "select_account" => p.login = true,
                 "consent" => p.consent = true,
-                _ => return Err(OAuthError::invalid_request(format!("unknown prompt value {v}"))),
+                _ => {
+                    return Err(OAuthError::invalid_request(format!(
+                        "unknown prompt value {v}"
+                    )));
+                }
             }
         }
         if p.none && (p.login || p.consent) {
-            return Err(OAuthError::invalid_request("prompt=none cannot be combined with other values"));
+            return Err(OAuthError::invalid_request(
+                "prompt=none cannot be combined with other values",
+            ));
         }
         Ok(p)
     }
@@ -73,13 +79,19 @@ pub enum AuthorizeError {
 
 /// Validates an authorization request. `client` is the result of looking up the
 /// request's `client_id` (the caller does that I/O).
-pub fn validate(params: &Params, client: Option<&Client>) -> Result<AuthorizationRequest, AuthorizeError> {
+pub fn validate(
+    params: &Params,
+    client: Option<&Client>,
+) -> Result<AuthorizationRequest, AuthorizeError> {
     let page = |e: OAuthError| AuthorizeError::Page(e);
     let client_id = params.required("client_id").map_err(page)?;
-    let client = client.ok_or_else(|| page(OAuthError::new(ErrorCode::InvalidClient, "unknown client")))?;
-    let presented = params
-        .get("redirect_uri")
-        .ok_or_else(|| page(OAuthError::invalid_request("missing parameter redirect_uri")))?;
+    let client =
+        client.ok_or_else(|| page(OAuthError::new(ErrorCode::InvalidClient, "unknown client")))?;
+    let presented = params.get("redirect_uri").ok_or_else(|| {
+        page(OAuthError::invalid_request(
+            "missing parameter redirect_uri",
+        ))
+    })?;
     if client.redirect_uri(presented).is_none() {
         return Err(page(OAuthError::invalid_request(
             "redirect_uri is not registered for this client",
@@ -95,13 +107,23 @@ pub fn validate(params: &Params, client: Option<&Client>) -> Result<Authorizatio
     };
 
     if params.contains("request") {
-        return Err(redirect(OAuthError::new(ErrorCode::RequestNotSupported, "request objects are not supported")));
+        return Err(redirect(OAuthError::new(
+            ErrorCode::RequestNotSupported,
+            "request objects are not supported",
+        )));
     }
     if params.contains("request_uri") {
-        return Err(redirect(OAuthError::new(ErrorCode::RequestUriNotSupported, "request_uri is not supported")));
+        return Err(redirect(OAuthError::new(
+            ErrorCode::RequestUriNotSupported,
+            "request_uri is not supported",
+        )));
     }
     match params.get("response_type") {
-        None => return Err(redirect(OAuthError::invalid_request("missing parameter response_type"))),
+        None => {
+            return Err(redirect(OAuthError::invalid_request(
+                "missing parameter response_type",
+            )));
+        }
         Some("code") => {}
         Some(_) => {
             return Err(redirect(OAuthError::new(
@@ -112,7 +134,9 @@ pub fn validate(params: &Params, client: Option<&Client>) -> Result<Authorizatio
     }
     if let Some(mode) = params.get("response_mode") {
         if mode != "query" {
-            return Err(redirect(OAuthError::invalid_request("only response_mode=query is supported")));
+            return Err(redirect(OAuthError::invalid_request(
+                "only response_mode=query is supported",
+            )));
         }
     }
     if !client.allows_grant(GrantType::AuthorizationCode) {
@@ -120,21 +144,25 @@ pub fn validate(params: &Params, client: Option<&Client>) -> Result<Authorizatio
             "this client may not use the authorization code grant",
         )));
     }
-    let scope = client.permitted_scope(params.get("scope")).map_err(redirect)?;
+    let scope = client
+        .permitted_scope(params.get("scope"))
+        .map_err(redirect)?;
     if scope.is_empty() {
         return Err(redirect(OAuthError::invalid_scope("scope is required")));
     }
-    let code_challenge =
-        CodeChallenge::parse(params.get("code_challenge"), params.get("code_challenge_method")).map_err(redirect)?;
+    let code_challenge = CodeChallenge::parse(
+        params.get("code_challenge"),
+        params.get("code_challenge_method"),
+    )
+    .map_err(redirect)?;
     let prompt = Prompt::parse(params.get("prompt")).map_err(redirect)?;
     let max_age = match params.get("max_age") {
         None => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| redirect(OAuthError::invalid_request("max_age must be a non-negative integer")))?,
-        ),
+        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            redirect(OAuthError::invalid_request(
+                "max_age must be a non-negative integer",
+            ))
+        })?),
     };
     Ok(AuthorizationRequest {
         client_id: client.client_id.clone(),
@@ -181,13 +209,19 @@ pub fn next_step(
     };
     if needs_login {
         if req.prompt.none {
-            return Err(OAuthError::new(ErrorCode::LoginRequired, "the user is not signed in"));
+            return Err(OAuthError::new(
+                ErrorCode::LoginRequired,
+                "the user is not signed in",
+            ));
         }
         return Ok(NextStep::Login);
     }
     if req.prompt.consent || !consent_remembered {
         if req.prompt.none {
-            return Err(OAuthError::new(ErrorCode::ConsentRequired, "the user has not approved this client"));
+            return Err(OAuthError::new(
+                ErrorCode::ConsentRequired,
+                "the user has not approved this client",
+            ));
         }
         return Ok(NextStep::Consent);
     }
@@ -248,11 +282,23 @@ mod tests {
 
     #[test]
     fn client_and_redirect_errors_are_pages() {
-        assert!(matches!(validate(&params(""), None), Err(AuthorizeError::Page(_))));
-        let p = Params::parse(b"client_id=c1&redirect_uri=https%3A%2F%2Fevil.example%2Fcb&response_type=code").unwrap();
-        assert!(matches!(validate(&p, Some(&client())), Err(AuthorizeError::Page(_))));
+        assert!(matches!(
+            validate(&params(""), None),
+            Err(AuthorizeError::Page(_))
+        ));
+        let p = Params::parse(
+            b"client_id=c1&redirect_uri=https%3A%2F%2Fevil.example%2Fcb&response_type=code",
+        )
+        .unwrap();
+        assert!(matches!(
+            validate(&p, Some(&client())),
+            Err(AuthorizeError::Page(_))
+        ));
         let p = Params::parse(b"client_id=c1&response_type=code").unwrap();
-        assert!(matches!(validate(&p, Some(&client())), Err(AuthorizeError::Page(_))));
+        assert!(matches!(
+            validate(&p, Some(&client())),
+            Err(AuthorizeError::Page(_))
+        ));
     }
 
     #[test]
@@ -260,34 +306,110 @@ mod tests {
         let c = client();
         let p = |s: &str| Params::parse(s.as_bytes()).unwrap();
         let base = "client_id=c1&redirect_uri=https%3A%2F%2Fapp.example%2Fcb&state=xyz";
-        assert_eq!(redirect_code(validate(&p(&format!("{base}&response_type=token")), Some(&c))), ErrorCode::UnsupportedResponseType);
-        assert_eq!(redirect_code(validate(&p(base), Some(&c))), ErrorCode::InvalidRequest);
-        assert_eq!(redirect_code(validate(&p(&format!("{base}&response_type=code&scope=openid")), Some(&c))), ErrorCode::InvalidRequest);
-        assert_eq!(redirect_code(validate(&p(&format!("{base}&response_type=code&scope=openid&code_challenge={CHALLENGE}&code_challenge_method=plain")), Some(&c))), ErrorCode::InvalidRequest);
-        assert_eq!(redirect_code(validate(&p(&format!("{base}&response_type=code&scope=admin&code_challenge={CHALLENGE}&code_challenge_method=S256")), Some(&c))), ErrorCode::InvalidScope);
-        assert_eq!(redirect_code(validate(&params("&prompt=none%20login"), Some(&c))), ErrorCode::InvalidRequest);
-        assert_eq!(redirect_code(validate(&params("&max_age=-1"), Some(&c))), ErrorCode::InvalidRequest);
-        assert_eq!(redirect_code(validate(&params("&request=x"), Some(&c))), ErrorCode::RequestNotSupported);
+        assert_eq!(
+            redirect_code(validate(
+                &p(&format!("{base}&response_type=token")),
+                Some(&c)
+            )),
+            ErrorCode::UnsupportedResponseType
+        );
+        assert_eq!(
+            redirect_code(validate(&p(base), Some(&c))),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            redirect_code(validate(
+                &p(&format!("{base}&response_type=code&scope=openid")),
+                Some(&c)
+            )),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            redirect_code(validate(
+                &p(&format!(
+                    "{base}&response_type=code&scope=openid&code_challenge={CHALLENGE}&code_challenge_method=plain"
+                )),
+                Some(&c)
+            )),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            redirect_code(validate(
+                &p(&format!(
+                    "{base}&response_type=code&scope=admin&code_challenge={CHALLENGE}&code_challenge_method=S256"
+                )),
+                Some(&c)
+            )),
+            ErrorCode::InvalidScope
+        );
+        assert_eq!(
+            redirect_code(validate(&params("&prompt=none%20login"), Some(&c))),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            redirect_code(validate(&params("&max_age=-1"), Some(&c))),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            redirect_code(validate(&params("&request=x"), Some(&c))),
+            ErrorCode::RequestNotSupported
+        );
     }
 
     #[test]
     fn prompt_and_max_age_decide_login() {
         let c = client();
         let now = crate::UnixTime(1000);
-        let fresh = SessionFacts { auth_time: 995, just_signed_in: false };
+        let fresh = SessionFacts {
+            auth_time: 995,
+            just_signed_in: false,
+        };
         let r = validate(&params(""), Some(&c)).unwrap();
         assert_eq!(next_step(&r, None, now, false).unwrap(), NextStep::Login);
-        assert_eq!(next_step(&r, Some(fresh), now, false).unwrap(), NextStep::Consent);
-        assert_eq!(next_step(&r, Some(fresh), now, true).unwrap(), NextStep::IssueCode);
+        assert_eq!(
+            next_step(&r, Some(fresh), now, false).unwrap(),
+            NextStep::Consent
+        );
+        assert_eq!(
+            next_step(&r, Some(fresh), now, true).unwrap(),
+            NextStep::IssueCode
+        );
         let r = validate(&params("&prompt=login"), Some(&c)).unwrap();
-        assert_eq!(next_step(&r, Some(fresh), now, true).unwrap(), NextStep::Login);
-        assert_eq!(next_step(&r, Some(SessionFacts { just_signed_in: true, ..fresh }), now, true).unwrap(), NextStep::IssueCode);
+        assert_eq!(
+            next_step(&r, Some(fresh), now, true).unwrap(),
+            NextStep::Login
+        );
+        assert_eq!(
+            next_step(
+                &r,
+                Some(SessionFacts {
+                    just_signed_in: true,
+                    ..fresh
+                }),
+                now,
+                true
+            )
+            .unwrap(),
+            NextStep::IssueCode
+        );
         let r = validate(&params("&max_age=3"), Some(&c)).unwrap();
-        assert_eq!(next_step(&r, Some(fresh), now, true).unwrap(), NextStep::Login);
+        assert_eq!(
+            next_step(&r, Some(fresh), now, true).unwrap(),
+            NextStep::Login
+        );
         let r = validate(&params("&prompt=none"), Some(&c)).unwrap();
-        assert_eq!(next_step(&r, None, now, true).unwrap_err().code, ErrorCode::LoginRequired);
-        assert_eq!(next_step(&r, Some(fresh), now, false).unwrap_err().code, ErrorCode::ConsentRequired);
+        assert_eq!(
+            next_step(&r, None, now, true).unwrap_err().code,
+            ErrorCode::LoginRequired
+        );
+        assert_eq!(
+            next_step(&r, Some(fresh), now, false).unwrap_err().code,
+            ErrorCode::ConsentRequired
+        );
         let r = validate(&params("&prompt=consent"), Some(&c)).unwrap();
-        assert_eq!(next_step(&r, Some(fresh), now, true).unwrap(), NextStep::Consent);
+        assert_eq!(
+            next_step(&r, Some(fresh), now, true).unwrap(),
+            NextStep::Consent
+        );
     }
 }

@@ -34,8 +34,8 @@ impl AccessTokenClaims {
         issuer: &str,
         now: UnixTime,
     ) -> Result<AccessTokenClaims, &'static str> {
-        let c: AccessTokenClaims =
-            serde_json::from_value(serde_json::Value::Object(claims)).map_err(|_| "token claims are incomplete")?;
+        let c: AccessTokenClaims = serde_json::from_value(serde_json::Value::Object(claims))
+            .map_err(|_| "token claims are incomplete")?;
         if c.iss != issuer {
             return Err("token issuer is not this server");
         }

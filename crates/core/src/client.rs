@@ -78,9 +78,13 @@ impl AuthMethod {
         }
     }
     pub fn parse(s: &str) -> Option<AuthMethod> {
-        [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost, AuthMethod::None]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+        [
+            AuthMethod::ClientSecretBasic,
+            AuthMethod::ClientSecretPost,
+            AuthMethod::None,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
     }
 }
 
@@ -134,7 +138,10 @@ impl Client {
 
     /// Authenticates the client with what it presented (RFC 6749 §2.3.1, OIDC Core §9).
     /// Every failure is `invalid_client`.
-    pub fn authenticate(&self, presented: &PresentedCredentials) -> Result<ClientAuthenticated, OAuthError> {
+    pub fn authenticate(
+        &self,
+        presented: &PresentedCredentials,
+    ) -> Result<ClientAuthenticated, OAuthError> {
         if !self.auth_methods.contains(&presented.method) {
             return Err(OAuthError::invalid_client(format!(
                 "client authentication method {} is not registered for this client",
@@ -142,13 +149,19 @@ impl Client {
             )));
         }
         match (self.kind, &self.secret_hash, &presented.secret) {
-            (ClientKind::Public, _, None) => Ok(ClientAuthenticated { client_id: self.client_id.clone() }),
-            (ClientKind::Confidential, Some(hash), Some(secret)) if digest_matches(secret, hash) => {
-                Ok(ClientAuthenticated { client_id: self.client_id.clone() })
+            (ClientKind::Public, _, None) => Ok(ClientAuthenticated {
+                client_id: self.client_id.clone(),
+            }),
+            (ClientKind::Confidential, Some(hash), Some(secret))
+                if digest_matches(secret, hash) =>
+            {
+                Ok(ClientAuthenticated {
+                    client_id: self.client_id.clone(),
+                })
             }
-            (ClientKind::Confidential, _, None) => {
-                Err(OAuthError::invalid_client("client authentication is required"))
-            }
+            (ClientKind::Confidential, _, None) => Err(OAuthError::invalid_client(
+                "client authentication is required",
+            )),
             _ => Err(OAuthError::invalid_client("client authentication failed")),
         }
     }
@@ -194,17 +207,34 @@ impl PresentedCredentials {
             let (id, secret) = parse_basic(header)?;
             if let Some(body_id) = body_client_id {
                 if body_id != id {
-                    return Err(OAuthError::invalid_request("client_id in the body differs from the Authorization header"));
+                    return Err(OAuthError::invalid_request(
+                        "client_id in the body differs from the Authorization header",
+                    ));
                 }
             }
-            return Ok(PresentedCredentials { client_id: id, secret: Some(secret), method: AuthMethod::ClientSecretBasic, used_basic: true });
+            return Ok(PresentedCredentials {
+                client_id: id,
+                secret: Some(secret),
+                method: AuthMethod::ClientSecretBasic,
+                used_basic: true,
+            });
         }
         let client_id = body_client_id
             .ok_or_else(|| OAuthError::invalid_client("client authentication is required"))?
             .to_owned();
         Ok(match body_secret {
-            Some(s) => PresentedCredentials { client_id, secret: Some(s.to_owned()), method: AuthMethod::ClientSecretPost, used_basic: false },
-            None => PresentedCredentials { client_id, secret: None, method: AuthMethod::None, used_basic: false },
+            Some(s) => PresentedCredentials {
+                client_id,
+                secret: Some(s.to_owned()),
+                method: AuthMethod::ClientSecretPost,
+                used_basic: false,
+            },
+            None => PresentedCredentials {
+                client_id,
+                secret: None,
+                method: AuthMethod::None,
+                used_basic: false,
+            },
         })
     }
 }
@@ -214,7 +244,9 @@ fn parse_basic(header: &str) -> Result<(String, String), OAuthError> {
     let bad = || OAuthError::invalid_client("malformed Basic authorization header");
     let (scheme, value) = header.trim().split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::invalid_client("unsupported authorization scheme; use Basic"));
+        return Err(OAuthError::invalid_client(
+            "unsupported authorization scheme; use Basic",
+        ));
     }
     let decoded = STANDARD.decode(value.trim()).map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
@@ -250,7 +282,9 @@ mod tests {
             grant_types: vec![GrantType::AuthorizationCode],
             scopes: Scope::parse("openid email").unwrap(),
             auth_methods: match kind {
-                ClientKind::Confidential => vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
+                ClientKind::Confidential => {
+                    vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost]
+                }
                 ClientKind::Public => vec![AuthMethod::None],
             },
             first_party: false,
@@ -267,10 +301,15 @@ mod tests {
     #[test]
     fn confidential_client_needs_its_secret() {
         let c = client(ClientKind::Confidential);
-        let ok = PresentedCredentials::from_request(Some(&basic("c1", "s3cret")), None, None).unwrap();
+        let ok =
+            PresentedCredentials::from_request(Some(&basic("c1", "s3cret")), None, None).unwrap();
         assert!(c.authenticate(&ok).is_ok());
-        let wrong = PresentedCredentials::from_request(Some(&basic("c1", "nope")), None, None).unwrap();
-        assert_eq!(c.authenticate(&wrong).unwrap_err().code, crate::ErrorCode::InvalidClient);
+        let wrong =
+            PresentedCredentials::from_request(Some(&basic("c1", "nope")), None, None).unwrap();
+        assert_eq!(
+            c.authenticate(&wrong).unwrap_err().code,
+            crate::ErrorCode::InvalidClient
+        );
         let none = PresentedCredentials::from_request(None, Some("c1"), None).unwrap();
         assert!(c.authenticate(&none).is_err());
         let post = PresentedCredentials::from_request(None, Some("c1"), Some("s3cret")).unwrap();
@@ -288,7 +327,8 @@ mod tests {
 
     #[test]
     fn two_methods_at_once_is_invalid_request() {
-        let e = PresentedCredentials::from_request(Some(&basic("c1", "s")), Some("c1"), Some("s")).unwrap_err();
+        let e = PresentedCredentials::from_request(Some(&basic("c1", "s")), Some("c1"), Some("s"))
+            .unwrap_err();
         assert_eq!(e.code, crate::ErrorCode::InvalidRequest);
     }
 
@@ -304,8 +344,14 @@ mod tests {
     #[test]
     fn scope_requests_are_limited_to_the_client() {
         let c = client(ClientKind::Confidential);
-        assert_eq!(c.permitted_scope(Some("email")).unwrap().to_string(), "email");
-        assert_eq!(c.permitted_scope(Some("email admin")).unwrap_err().code, crate::ErrorCode::InvalidScope);
+        assert_eq!(
+            c.permitted_scope(Some("email")).unwrap().to_string(),
+            "email"
+        );
+        assert_eq!(
+            c.permitted_scope(Some("email admin")).unwrap_err().code,
+            crate::ErrorCode::InvalidScope
+        );
         assert_eq!(c.permitted_scope(None).unwrap().to_string(), "email openid");
     }
 }

@@ -108,7 +108,10 @@ impl OAuthError {
         Self::new(ErrorCode::InvalidToken, d)
     }
     pub fn server_error() -> Self {
-        Self::new(ErrorCode::ServerError, "the server could not complete the request")
+        Self::new(
+            ErrorCode::ServerError,
+            "the server could not complete the request",
+        )
     }
     pub fn temporarily_unavailable() -> Self {
         Self::new(

@@ -78,7 +78,10 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,15 +90,22 @@ impl SigningKey {
     pub fn generate(alg: Alg, kid: String) -> Result<(SigningKey, Vec<u8>), JoseError> {
         let rng = SystemRandom::new();
         let der: Vec<u8> = match alg {
-            Alg::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| JoseError::Key)?.as_ref().to_vec(),
-            Alg::ES256 => EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            Alg::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng)
                 .map_err(|_| JoseError::Key)?
                 .as_ref()
                 .to_vec(),
+            Alg::ES256 => {
+                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| JoseError::Key)?
+                    .as_ref()
+                    .to_vec()
+            }
             Alg::RS256 => {
                 use aws_lc_rs::encoding::AsDer;
-                let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| JoseError::Key)?;
-                let der: aws_lc_rs::encoding::Pkcs8V1Der<'_> = pair.as_der().map_err(|_| JoseError::Key)?;
+                let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| JoseError::Key)?;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der<'_> =
+                    pair.as_der().map_err(|_| JoseError::Key)?;
                 der.as_ref().to_vec()
             }
         };
@@ -105,9 +115,12 @@ impl SigningKey {
 
     pub fn from_pkcs8(alg: Alg, kid: String, der: &[u8]) -> Result<SigningKey, JoseError> {
         let pair = match alg {
-            Alg::EdDSA => Pair::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| JoseError::Key)?),
+            Alg::EdDSA => Pair::Ed25519(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| JoseError::Key)?,
+            ),
             Alg::ES256 => Pair::Es256(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|_| JoseError::Key)?,
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|_| JoseError::Key)?,
             ),
             Alg::RS256 => Pair::Rs256(RsaKeyPair::from_pkcs8(der).map_err(|_| JoseError::Key)?),
         };
@@ -164,9 +177,13 @@ impl SigningKey {
     pub fn sign<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, JoseError> {
         let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
         let mut out = String::with_capacity(512);
-        out.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| JoseError::Key)?));
+        out.push_str(
+            &URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| JoseError::Key)?),
+        );
         out.push('.');
-        out.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(|_| JoseError::BadClaims)?));
+        out.push_str(
+            &URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(|_| JoseError::BadClaims)?),
+        );
         let signature = self.sign_bytes(out.as_bytes())?;
         out.push('.');
         out.push_str(&URL_SAFE_NO_PAD.encode(signature));
@@ -177,10 +194,15 @@ impl SigningKey {
         let rng = SystemRandom::new();
         match &self.pair {
             Pair::Ed25519(p) => Ok(p.sign(input).as_ref().to_vec()),
-            Pair::Es256(p) => Ok(p.sign(&rng, input).map_err(|_| JoseError::Key)?.as_ref().to_vec()),
+            Pair::Es256(p) => Ok(p
+                .sign(&rng, input)
+                .map_err(|_| JoseError::Key)?
+                .as_ref()
+                .to_vec()),
             Pair::Rs256(p) => {
                 let mut sig = vec![0u8; p.public_modulus_len()];
-                p.sign(&signature::RSA_PKCS1_SHA256, &rng, input, &mut sig).map_err(|_| JoseError::Key)?;
+                p.sign(&signature::RSA_PKCS1_SHA256, &rng, input, &mut sig)
+                    .map_err(|_| JoseError::Key)?;
                 Ok(sig)
             }
         }
@@ -226,7 +248,9 @@ impl VerifyingKey {
     pub fn from_jwk(jwk: &Jwk) -> Result<VerifyingKey, JoseError> {
         let alg = Alg::parse(&jwk.alg).ok_or(JoseError::AlgorithmNotAllowed)?;
         let dec = |v: &Option<String>| -> Result<Vec<u8>, JoseError> {
-            URL_SAFE_NO_PAD.decode(v.as_deref().ok_or(JoseError::Key)?).map_err(|_| JoseError::Key)
+            URL_SAFE_NO_PAD
+                .decode(v.as_deref().ok_or(JoseError::Key)?)
+                .map_err(|_| JoseError::Key)
         };
         let material = match (alg, jwk.kty.as_str(), jwk.crv.as_deref()) {
             (Alg::EdDSA, "OKP", Some("Ed25519")) => Material::Point(dec(&jwk.x)?),
@@ -236,17 +260,28 @@ impl VerifyingKey {
                 point.extend(dec(&jwk.y)?);
                 Material::Point(point)
             }
-            (Alg::RS256, "RSA", None) => Material::Rsa { n: dec(&jwk.n)?, e: dec(&jwk.e)? },
+            (Alg::RS256, "RSA", None) => Material::Rsa {
+                n: dec(&jwk.n)?,
+                e: dec(&jwk.e)?,
+            },
             _ => return Err(JoseError::Key),
         };
-        Ok(VerifyingKey { kid: jwk.kid.clone(), alg, material })
+        Ok(VerifyingKey {
+            kid: jwk.kid.clone(),
+            alg,
+            material,
+        })
     }
 
     fn verify_bytes(&self, input: &[u8], sig: &[u8]) -> bool {
         match (&self.material, self.alg) {
-            (Material::Point(p), Alg::EdDSA) => UnparsedPublicKey::new(&signature::ED25519, p).verify(input, sig).is_ok(),
+            (Material::Point(p), Alg::EdDSA) => UnparsedPublicKey::new(&signature::ED25519, p)
+                .verify(input, sig)
+                .is_ok(),
             (Material::Point(p), Alg::ES256) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p).verify(input, sig).is_ok()
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+                    .verify(input, sig)
+                    .is_ok()
             }
             (Material::Rsa { n, e }, Alg::RS256) => signature::RsaPublicKeyComponents { n, e }
                 .verify(&signature::RSA_PKCS1_2048_8192_SHA256, input, sig)
@@ -276,15 +311,23 @@ pub fn verify(
         return Err(JoseError::TooLarge);
     }
     // JWT-14: only the compact alphabet; JWT-03: exactly three segments (no JWE).
-    if !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err(JoseError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(JoseError::Malformed);
     };
-    let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| JoseError::Malformed)?;
-    let header_value: serde_json::Value = serde_json::from_slice(&header_bytes).map_err(|_| JoseError::BadHeader)?;
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| JoseError::Malformed)?;
+    let header_value: serde_json::Value =
+        serde_json::from_slice(&header_bytes).map_err(|_| JoseError::BadHeader)?;
     let header_obj = header_value.as_object().ok_or(JoseError::BadHeader)?;
     for forbidden in ["jku", "x5u", "jwk", "x5c", "crit", "zip", "b64"] {
         if header_obj.contains_key(forbidden) {
@@ -293,20 +336,31 @@ pub fn verify(
     }
     let header: Header = serde_json::from_value(header_value).map_err(|_| JoseError::BadHeader)?;
     let alg = Alg::parse(&header.alg).ok_or(JoseError::AlgorithmNotAllowed)?;
-    if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(expected_typ)) {
+    if !header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(expected_typ))
+    {
         return Err(JoseError::WrongType(expected_typ));
     }
     let kid = header.kid.as_deref().ok_or(JoseError::UnknownKey)?;
-    let key = keys.iter().find(|k| k.kid == kid).ok_or(JoseError::UnknownKey)?;
+    let key = keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .ok_or(JoseError::UnknownKey)?;
     if key.alg != alg {
         return Err(JoseError::AlgorithmNotAllowed);
     }
-    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| JoseError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| JoseError::Malformed)?;
     let signed_len = h.len() + 1 + p.len();
     if !key.verify_bytes(&token.as_bytes()[..signed_len], &sig) {
         return Err(JoseError::BadSignature);
     }
-    let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| JoseError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| JoseError::Malformed)?;
     match serde_json::from_slice(&payload) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         _ => Err(JoseError::BadClaims),
@@ -357,28 +411,61 @@ mod tests {
         let mut tampered = t.clone();
         tampered.pop();
         tampered.push(if t.ends_with('A') { 'B' } else { 'A' });
-        assert_eq!(verify(&tampered, keys, "at+jwt"), Err(JoseError::BadSignature));
+        assert_eq!(
+            verify(&tampered, keys, "at+jwt"),
+            Err(JoseError::BadSignature)
+        );
         let b = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
         let body = b(serde_json::json!({"sub": "u"}));
         for (header, err) in [
-            (serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": "k-EdDSA"}), JoseError::AlgorithmNotAllowed),
-            (serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "k-EdDSA"}), JoseError::AlgorithmNotAllowed),
-            (serde_json::json!({"alg": "eddsa", "typ": "at+jwt", "kid": "k-EdDSA"}), JoseError::AlgorithmNotAllowed),
-            (serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k-EdDSA"}), JoseError::AlgorithmNotAllowed),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "other"}), JoseError::UnknownKey),
-            (serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k-EdDSA", "jku": "https://e/"}), JoseError::ForbiddenHeader("jku")),
+            (
+                serde_json::json!({"alg": "none", "typ": "at+jwt", "kid": "k-EdDSA"}),
+                JoseError::AlgorithmNotAllowed,
+            ),
+            (
+                serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "k-EdDSA"}),
+                JoseError::AlgorithmNotAllowed,
+            ),
+            (
+                serde_json::json!({"alg": "eddsa", "typ": "at+jwt", "kid": "k-EdDSA"}),
+                JoseError::AlgorithmNotAllowed,
+            ),
+            (
+                serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": "k-EdDSA"}),
+                JoseError::AlgorithmNotAllowed,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "other"}),
+                JoseError::UnknownKey,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k-EdDSA", "jku": "https://e/"}),
+                JoseError::ForbiddenHeader("jku"),
+            ),
         ] {
             let forged = format!("{}.{}.", b(header), body);
             assert_eq!(verify(&forged, keys, "at+jwt"), Err(err));
         }
-        assert_eq!(verify("a.b.c.d.e", keys, "at+jwt"), Err(JoseError::Malformed));
-        assert_eq!(verify("{\"a\":1}.b.c", keys, "at+jwt"), Err(JoseError::Malformed));
-        assert_eq!(verify(&"a".repeat(MAX_JWT_LEN + 1), keys, "at+jwt"), Err(JoseError::TooLarge));
+        assert_eq!(
+            verify("a.b.c.d.e", keys, "at+jwt"),
+            Err(JoseError::Malformed)
+        );
+        assert_eq!(
+            verify("{\"a\":1}.b.c", keys, "at+jwt"),
+            Err(JoseError::Malformed)
+        );
+        assert_eq!(
+            verify(&"a".repeat(MAX_JWT_LEN + 1), keys, "at+jwt"),
+            Err(JoseError::TooLarge)
+        );
     }
 
     #[test]
     fn at_hash_matches_oidc_example() {
         // OIDC Core Appendix A.3 example values.
-        assert_eq!(at_hash("jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"), "77QmUPtjPfzWtF2AnpK9RQ");
+        assert_eq!(
+            at_hash("jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
+            "77QmUPtjPfzWtF2AnpK9RQ"
+        );
     }
 }

@@ -96,9 +96,14 @@ impl KeyState {
         }
     }
     pub fn parse(s: &str) -> Option<KeyState> {
-        [KeyState::Next, KeyState::Active, KeyState::Retiring, KeyState::Retired]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            KeyState::Next,
+            KeyState::Active,
+            KeyState::Retiring,
+            KeyState::Retired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
     /// Whether the key belongs in the JWKS.
     pub fn is_published(self) -> bool {

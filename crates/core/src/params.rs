@@ -44,7 +44,10 @@ impl Params {
 
     /// The value, or `None` when absent or empty (RFC 6749 §3.1).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.map
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn contains(&self, name: &str) -> bool {

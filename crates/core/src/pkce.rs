@@ -52,11 +52,14 @@ impl CodeChallenge {
     /// RFC 7636 §4.6: BASE64URL(SHA256(verifier)) == challenge, in constant time.
     /// A mismatch is `invalid_grant` (§4.6).
     pub fn verify(&self, verifier: &CodeVerifier) -> Result<PkceVerified, OAuthError> {
-        let computed = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.0.as_bytes()));
+        let computed =
+            URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.0.as_bytes()));
         if ct_eq(computed.as_bytes(), self.0.as_bytes()) {
             Ok(PkceVerified(()))
         } else {
-            Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"))
+            Err(OAuthError::invalid_grant(
+                "code_verifier does not match the code_challenge",
+            ))
         }
     }
 }
@@ -108,7 +111,10 @@ mod tests {
     fn wrong_verifier_is_invalid_grant() {
         let c = CodeChallenge::parse(Some(CHALLENGE), Some("S256")).unwrap();
         let other = CodeVerifier::parse(&"a".repeat(43)).unwrap();
-        assert_eq!(c.verify(&other).unwrap_err().code, crate::ErrorCode::InvalidGrant);
+        assert_eq!(
+            c.verify(&other).unwrap_err().code,
+            crate::ErrorCode::InvalidGrant
+        );
     }
 
     #[test]
@@ -117,7 +123,9 @@ mod tests {
         assert!(CodeChallenge::parse(Some(CHALLENGE), None).is_err());
         assert!(CodeChallenge::parse(None, Some("S256")).is_err());
         assert!(CodeChallenge::parse(Some("short"), Some("S256")).is_err());
-        assert!(CodeChallenge::parse(Some(&format!("{}=", &CHALLENGE[..42])), Some("S256")).is_err());
+        assert!(
+            CodeChallenge::parse(Some(&format!("{}=", &CHALLENGE[..42])), Some("S256")).is_err()
+        );
     }
 
     #[test]

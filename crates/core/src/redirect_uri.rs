@@ -26,7 +26,9 @@ pub enum RedirectUriError {
         "plain http is allowed only for loopback IP literals (127.0.0.1, [::1]); use https (RFC 9700 §2.6)"
     )]
     PlainHttp,
-    #[error("redirect URI scheme is not allowed; use https, loopback http, or a private-use scheme like com.example.app")]
+    #[error(
+        "redirect URI scheme is not allowed; use https, loopback http, or a private-use scheme like com.example.app"
+    )]
     Scheme,
     #[error("redirect URI is longer than 2048 characters")]
     TooLong,
@@ -84,7 +86,9 @@ impl RedirectUri {
         // RFC 8252 §7.3: any port for a loopback IP literal over http; the rest of the
         // URI still has to be identical.
         match (loopback_prefix(&self.0), loopback_prefix(presented)) {
-            (Some((host_a, rest_a)), Some((host_b, rest_b))) => host_a == host_b && rest_a == rest_b,
+            (Some((host_a, rest_a)), Some((host_b, rest_b))) => {
+                host_a == host_b && rest_a == rest_b
+            }
             _ => false,
         }
     }
@@ -146,13 +150,34 @@ mod tests {
         assert!(RedirectUri::register("http://127.0.0.1:8080/cb").is_ok());
         assert!(RedirectUri::register("http://[::1]:8080/cb").is_ok());
         assert!(RedirectUri::register("com.example.app:/cb").is_ok());
-        assert_eq!(RedirectUri::register("http://c.example/cb"), Err(RedirectUriError::PlainHttp));
-        assert_eq!(RedirectUri::register("http://localhost/cb"), Err(RedirectUriError::PlainHttp));
-        assert_eq!(RedirectUri::register("http://127.0.0.1.evil.example/cb"), Err(RedirectUriError::PlainHttp));
-        assert_eq!(RedirectUri::register("https://c.example/cb#f"), Err(RedirectUriError::Fragment));
-        assert_eq!(RedirectUri::register("https://x@c.example/cb"), Err(RedirectUriError::UserInfo));
-        assert_eq!(RedirectUri::register("javascript:alert(1)"), Err(RedirectUriError::Scheme));
-        assert_eq!(RedirectUri::register("/cb"), Err(RedirectUriError::NotAbsolute));
+        assert_eq!(
+            RedirectUri::register("http://c.example/cb"),
+            Err(RedirectUriError::PlainHttp)
+        );
+        assert_eq!(
+            RedirectUri::register("http://localhost/cb"),
+            Err(RedirectUriError::PlainHttp)
+        );
+        assert_eq!(
+            RedirectUri::register("http://127.0.0.1.evil.example/cb"),
+            Err(RedirectUriError::PlainHttp)
+        );
+        assert_eq!(
+            RedirectUri::register("https://c.example/cb#f"),
+            Err(RedirectUriError::Fragment)
+        );
+        assert_eq!(
+            RedirectUri::register("https://x@c.example/cb"),
+            Err(RedirectUriError::UserInfo)
+        );
+        assert_eq!(
+            RedirectUri::register("javascript:alert(1)"),
+            Err(RedirectUriError::Scheme)
+        );
+        assert_eq!(
+            RedirectUri::register("/cb"),
+            Err(RedirectUriError::NotAbsolute)
+        );
     }
 
     #[test]
@@ -190,7 +215,13 @@ mod tests {
 
     #[test]
     fn query_is_kept_when_adding_parameters() {
-        assert_eq!(with_query("https://c/cb", &[("code", "a b")]), "https://c/cb?code=a+b");
-        assert_eq!(with_query("https://c/cb?x=1", &[("state", "s")]), "https://c/cb?x=1&state=s");
+        assert_eq!(
+            with_query("https://c/cb", &[("code", "a b")]),
+            "https://c/cb?code=a+b"
+        );
+        assert_eq!(
+            with_query("https://c/cb?x=1", &[("state", "s")]),
+            "https://c/cb?x=1&state=s"
+        );
     }
 }

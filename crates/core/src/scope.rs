@@ -16,7 +16,9 @@ impl Scope {
     /// Parses `scope` as sent by a client. Each token is `1*( %x21 / %x23-5B / %x5D-7E )`.
     pub fn parse(s: &str) -> Result<Scope, OAuthError> {
         if s.len() > MAX_SCOPE_LEN {
-            return Err(OAuthError::invalid_scope("scope is longer than 1024 characters"));
+            return Err(OAuthError::invalid_scope(
+                "scope is longer than 1024 characters",
+            ));
         }
         let mut set = BTreeSet::new();
         for token in s.split(' ').filter(|t| !t.is_empty()) {
@@ -24,7 +26,9 @@ impl Scope {
                 .bytes()
                 .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
             {
-                return Err(OAuthError::invalid_scope("scope contains a character outside RFC 6749 §3.3"));
+                return Err(OAuthError::invalid_scope(
+                    "scope contains a character outside RFC 6749 §3.3",
+                ));
             }
             set.insert(token.to_owned());
         }
@@ -91,7 +95,10 @@ mod tests {
 
     #[test]
     fn order_and_repeats_do_not_matter() {
-        assert_eq!(Scope::parse("openid email").unwrap(), Scope::parse("email  openid openid").unwrap());
+        assert_eq!(
+            Scope::parse("openid email").unwrap(),
+            Scope::parse("email  openid openid").unwrap()
+        );
         assert_eq!(Scope::parse("b a").unwrap().to_string(), "a b");
     }
 

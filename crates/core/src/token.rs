@@ -37,11 +37,16 @@ impl TokenRequest {
                 refresh_token: params.required("refresh_token")?.to_owned(),
                 scope: owned("scope"),
             }),
-            "client_credentials" => Ok(TokenRequest::ClientCredentials { scope: owned("scope") }),
+            "client_credentials" => Ok(TokenRequest::ClientCredentials {
+                scope: owned("scope"),
+            }),
             // RFC 9700 §2.4: no password grant; no implicit (it is not a token grant anyway).
             other => Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
-                format!("grant_type {} is not supported", other.chars().take(64).collect::<String>()),
+                format!(
+                    "grant_type {} is not supported",
+                    other.chars().take(64).collect::<String>()
+                ),
             )),
         }
     }
@@ -71,14 +76,26 @@ impl RefreshToken {
             return None;
         }
         let mut it = s.split('.');
-        let (Some(grant_id), Some(generation), Some(secret), None) = (it.next(), it.next(), it.next(), it.next())
+        let (Some(grant_id), Some(generation), Some(secret), None) =
+            (it.next(), it.next(), it.next(), it.next())
         else {
             return None;
         };
         let generation: i64 = generation.parse().ok().filter(|g| *g > 0)?;
-        let id_ok = !grant_id.is_empty() && grant_id.len() <= 64 && grant_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        (id_ok && secret_ok).then(|| RefreshToken { grant_id: grant_id.to_owned(), generation, secret: secret.to_owned() })
+        let id_ok = !grant_id.is_empty()
+            && grant_id.len() <= 64
+            && grant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let secret_ok = secret.len() == 43
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        (id_ok && secret_ok).then(|| RefreshToken {
+            grant_id: grant_id.to_owned(),
+            generation,
+            secret: secret.to_owned(),
+        })
     }
 
     pub fn encode(&self) -> String {
@@ -96,7 +113,9 @@ pub fn check_code_redemption(
     now: UnixTime,
 ) -> Result<PkceVerified, OAuthError> {
     if code.client_id != client.client_id() {
-        return Err(OAuthError::invalid_grant("the code was issued to another client"));
+        return Err(OAuthError::invalid_grant(
+            "the code was issued to another client",
+        ));
     }
     if now.0 >= code.expires_at {
         return Err(OAuthError::invalid_grant("the code has expired"));
@@ -106,7 +125,8 @@ pub fn check_code_redemption(
             "redirect_uri must be identical to the one in the authorization request",
         ));
     }
-    let verifier = code_verifier.ok_or_else(|| OAuthError::invalid_grant("code_verifier is required"))?;
+    let verifier =
+        code_verifier.ok_or_else(|| OAuthError::invalid_grant("code_verifier is required"))?;
     code.code_challenge.verify(&CodeVerifier::parse(verifier)?)
 }
 
@@ -117,20 +137,54 @@ mod tests {
     #[test]
     fn grant_types() {
         let p = |s: &str| Params::parse(s.as_bytes()).unwrap();
-        assert!(matches!(TokenRequest::parse(&p("grant_type=client_credentials")), Ok(TokenRequest::ClientCredentials { .. })));
-        assert_eq!(TokenRequest::parse(&p("grant_type=password&username=a")).unwrap_err().code, ErrorCode::UnsupportedGrantType);
-        assert_eq!(TokenRequest::parse(&p("grant_type=implicit")).unwrap_err().code, ErrorCode::UnsupportedGrantType);
-        assert_eq!(TokenRequest::parse(&p("code=x")).unwrap_err().code, ErrorCode::InvalidRequest);
-        assert_eq!(TokenRequest::parse(&p("grant_type=authorization_code")).unwrap_err().code, ErrorCode::InvalidRequest);
+        assert!(matches!(
+            TokenRequest::parse(&p("grant_type=client_credentials")),
+            Ok(TokenRequest::ClientCredentials { .. })
+        ));
+        assert_eq!(
+            TokenRequest::parse(&p("grant_type=password&username=a"))
+                .unwrap_err()
+                .code,
+            ErrorCode::UnsupportedGrantType
+        );
+        assert_eq!(
+            TokenRequest::parse(&p("grant_type=implicit"))
+                .unwrap_err()
+                .code,
+            ErrorCode::UnsupportedGrantType
+        );
+        assert_eq!(
+            TokenRequest::parse(&p("code=x")).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            TokenRequest::parse(&p("grant_type=authorization_code"))
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidRequest
+        );
     }
 
     #[test]
     fn refresh_token_format() {
-        let t = RefreshToken { grant_id: "g1".into(), generation: 3, secret: "a".repeat(43) };
+        let t = RefreshToken {
+            grant_id: "g1".into(),
+            generation: 3,
+            secret: "a".repeat(43),
+        };
         assert_eq!(RefreshToken::parse(&t.encode()), Some(t));
         assert_eq!(RefreshToken::parse("g1.0.aaaa"), None);
-        assert_eq!(RefreshToken::parse(&format!("g1.x.{}", "a".repeat(43))), None);
-        assert_eq!(RefreshToken::parse(&format!("g'1.1.{}", "a".repeat(43))), None);
-        assert_eq!(RefreshToken::parse(&format!("g1.1.{}.x", "a".repeat(43))), None);
+        assert_eq!(
+            RefreshToken::parse(&format!("g1.x.{}", "a".repeat(43))),
+            None
+        );
+        assert_eq!(
+            RefreshToken::parse(&format!("g'1.1.{}", "a".repeat(43))),
+            None
+        );
+        assert_eq!(
+            RefreshToken::parse(&format!("g1.1.{}.x", "a".repeat(43))),
+            None
+        );
     }
 }

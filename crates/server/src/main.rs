@@ -1,1 +1,456 @@
-fn main() {}
+//! The `latchkey` command: `serve`, `demo`, `migrate`, and the admin commands.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use latchkey_server::clock::{Clock, SystemClock};
+use latchkey_server::config::{Config, Overrides};
+use latchkey_server::{admin, build_state, open_store};
+
+#[derive(Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Latchkey: an OAuth 2 authorization server and OpenID Connect provider"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run a server on a fresh embedded store with a demo user and a demo app, and print
+    /// where to click.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where to keep the demo's data (default: a new temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate(StoreArgs),
+    /// Manage registered clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://…) instead of the embedded store.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn config(&self, listen: Option<String>, issuer: Option<String>) -> Result<Config, String> {
+        Config::load(
+            self.config.as_deref(),
+            Overrides {
+                data_dir: self.data_dir.clone(),
+                listen,
+                issuer,
+                database_url: self.database_url.clone(),
+            },
+        )
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on, like 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Issuer URL; defaults to http://<listen address>.
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client; prints its id and, for a confidential client, its secret (once).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A public client (native or browser app): no secret, PKCE only.
+        #[arg(long)]
+        public: bool,
+        /// Comma-separated: authorization_code, refresh_token, client_credentials.
+        #[arg(long)]
+        grant_types: Option<String>,
+        /// Space-separated scopes the client may request (default "openid profile email").
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Trusted by the admin: users are not asked for consent.
+        #[arg(long)]
+        first_party: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a client and revoke every grant it holds.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user (by id or username), end their sessions and revoke their grants.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        user: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemClock.now().0
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo { listen, data_dir } => demo(listen, data_dir).await,
+        Command::Migrate(store) => {
+            let config = store.config(None, None)?;
+            let (store, notes) = open_store(&config).await?;
+            notes.iter().for_each(|n| println!("{n}"));
+            println!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Client(c) => client_command(c).await,
+        Command::User(u) => user_command(u).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = args.store.config(args.listen, args.issuer)?;
+    let (store, mut notes) = open_store(&config).await?;
+    let (listener, issuer) = latchkey_server::bind(&config).await?;
+    let (state, key_notes) = build_state(config, store, issuer.clone(), None).await?;
+    notes.extend(key_notes);
+    notes.iter().for_each(|n| println!("{n}"));
+    println!("listening on {issuer}");
+    latchkey_server::serve(listener, state).await
+}
+
+async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
+    let data_dir = match data_dir {
+        Some(d) => d,
+        None => {
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let suffix =
+                latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed")?;
+            std::env::temp_dir().join(format!("latchkey-demo-{}", &suffix[..10]))
+        }
+    };
+    let overrides = Overrides {
+        data_dir: Some(data_dir.clone()),
+        listen: Some(listen),
+        issuer: None,
+        database_url: None,
+    };
+    let config = Config::load(None, overrides)?;
+    let (store, mut notes) = open_store(&config).await?;
+    let (listener, issuer) = latchkey_server::bind(&config).await?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let password = latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed")?
+        [..12]
+        .to_owned();
+    let user = admin::create_user(
+        store.as_ref(),
+        admin::NewUser {
+            username: "demo".into(),
+            password: password.clone(),
+            email: Some("demo@example.com".into()),
+            name: Some("Demo User".into()),
+        },
+        now(),
+    )
+    .await
+    .map_err(|e| format!("{e} (use a fresh --data-dir for the demo)"))?;
+    let redirect_uri = format!("{issuer}/demo/callback");
+    let created = admin::create_client(
+        store.as_ref(),
+        admin::NewClient {
+            name: "Latchkey demo app".into(),
+            redirect_uris: vec![redirect_uri.clone()],
+            public: false,
+            grant_types: None,
+            scopes: None,
+            first_party: false,
+        },
+        now(),
+    )
+    .await?;
+    let demo = latchkey_server::http::demo::DemoClient {
+        client_id: created.client.client_id.clone(),
+        client_secret: created.secret.unwrap_or_default(),
+        redirect_uri,
+    };
+    let (state, key_notes) = build_state(config, store, issuer.clone(), Some(demo)).await?;
+    notes.extend(key_notes);
+    notes.iter().for_each(|n| println!("{n}"));
+    println!("listening on {issuer}");
+    println!();
+    println!("  Latchkey demo is running.");
+    println!("  1. Open {issuer}/demo in a browser.");
+    println!(
+        "  2. Sign in as username: {}  password: {password}",
+        user.username
+    );
+    println!(
+        "  3. Allow the demo app; you land on a page with its tokens and the userinfo answer."
+    );
+    println!("  Data directory: {} (Ctrl-C to stop)", data_dir.display());
+    println!();
+    latchkey_server::serve(listener, state).await
+}
+
+async fn client_command(c: ClientCommand) -> Result<(), String> {
+    match c {
+        ClientCommand::Create {
+            store,
+            name,
+            redirect_uris,
+            public,
+            grant_types,
+            scopes,
+            first_party,
+            json,
+        } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let created = admin::create_client(
+                store.as_ref(),
+                admin::NewClient {
+                    name,
+                    redirect_uris,
+                    public,
+                    grant_types,
+                    scopes,
+                    first_party,
+                },
+                now(),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"client_id": created.client.client_id, "client_secret": created.secret})
+                );
+            } else {
+                println!("client_id: {}", created.client.client_id);
+                match created.secret {
+                    Some(s) => println!(
+                        "client_secret: {s}\n(the secret is shown only now; only its digest is stored)"
+                    ),
+                    None => println!("public client: no secret; use PKCE"),
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::List { store, json } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let clients = store.list_clients().await.map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = clients
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "client_id": c.client_id,
+                            "name": c.name,
+                            "type": c.kind.as_str(),
+                            "redirect_uris": c.redirect_uris.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                            "grant_types": c.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                            "scopes": c.scopes.to_string(),
+                            "first_party": c.first_party,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for c in clients {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        c.client_id,
+                        c.kind.as_str(),
+                        c.name,
+                        c.redirect_uris
+                            .iter()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::Delete { store, client_id } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            if store
+                .delete_client(&client_id, now())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("deleted client {client_id} and revoked its grants");
+                Ok(())
+            } else {
+                Err(format!("no client {client_id}"))
+            }
+        }
+    }
+}
+
+async fn user_command(u: UserCommand) -> Result<(), String> {
+    match u {
+        UserCommand::Create {
+            store,
+            username,
+            password_stdin,
+            email,
+            name,
+            json,
+        } => {
+            if !password_stdin {
+                return Err("pass the password on standard input with --password-stdin".into());
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .map_err(|e| format!("cannot read the password: {e}"))?;
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let user = admin::create_user(
+                store.as_ref(),
+                admin::NewUser {
+                    username,
+                    password,
+                    email,
+                    name,
+                },
+                now(),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"user_id": user.user_id, "username": user.username})
+                );
+            } else {
+                println!("user_id: {}\nusername: {}", user.user_id, user.username);
+            }
+            Ok(())
+        }
+        UserCommand::List { store, json } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let users = store.list_users().await.map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| serde_json::json!({"user_id": u.user_id, "username": u.username, "email": u.email, "name": u.name, "disabled": u.disabled}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for u in users {
+                    println!(
+                        "{}\t{}\t{}",
+                        u.user_id,
+                        u.username,
+                        u.email.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        UserCommand::Delete { store, user } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let found = admin::find_user(store.as_ref(), &user)
+                .await?
+                .ok_or_else(|| format!("no user {user}"))?;
+            store
+                .delete_user(&found.user_id, now())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("deleted user {} and revoked their grants", found.username);
+            Ok(())
+        }
+    }
+}

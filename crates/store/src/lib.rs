@@ -37,7 +37,9 @@ pub enum Redemption {
     /// This call consumed the code; it now names `grant_id`.
     Redeemed(AuthorizationCode),
     /// The code was consumed before; `grant_id` is the grant the first redemption made.
-    AlreadyRedeemed { grant_id: Option<String> },
+    AlreadyRedeemed {
+        grant_id: Option<String>,
+    },
     NotFound,
 }
 

@@ -15,7 +15,9 @@ use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::migrations::{self, Migration};
 use crate::{Redemption, Result, Store, StoreError};
@@ -38,7 +40,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         let store = SqliteStore { pool };
         store.migrate().await?;
         Ok(store)
@@ -70,10 +75,12 @@ async fn apply_sqlite(conn: &mut sqlx::SqliteConnection, list: &[Migration]) -> 
         .try_get("v")?;
     for m in list.iter().filter(|m| m.version > current) {
         sqlx::raw_sql(m.sql).execute(&mut *conn).await?;
-        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, strftime('%s','now'))")
-            .bind(m.version)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO schema_version (version, applied_at) VALUES ($1, strftime('%s','now'))",
+        )
+        .bind(m.version)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -100,14 +107,17 @@ impl PgStore {
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         // A transaction-scoped advisory lock: nodes starting together migrate once.
-        sqlx::query("SELECT pg_advisory_xact_lock(7439152001)").execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7439152001)")
+            .execute(&mut *tx)
+            .await?;
         sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
-        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("v")?;
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM schema_version")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("v")?;
         for m in migrations::POSTGRES.iter().filter(|m| m.version > current) {
             sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)")
@@ -136,7 +146,10 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 fn parse_list<T>(s: &str, f: impl Fn(&str) -> Option<T>, what: &str) -> Result<Vec<T>> {
-    s.split(' ').filter(|v| !v.is_empty()).map(|v| f(v).ok_or_else(|| corrupt(what))).collect()
+    s.split(' ')
+        .filter(|v| !v.is_empty())
+        .map(|v| f(v).ok_or_else(|| corrupt(what)))
+        .collect()
 }
 
 fn join<T>(items: &[T], f: impl Fn(&T) -> &str) -> String {
@@ -544,7 +557,6 @@ macro_rules! impl_store {
         }
     };
 }
-
 
 impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 impl_store!(PgStore, sqlx::Postgres, "postgres");

@@ -1,0 +1,147 @@
+//! Admin operations behind `latchkey client …` and `latchkey user …`. They work on the
+//! store directly, so they run while a server uses the same data directory; servers read
+//! clients and users per request and see changes at once.
+
+use latchkey_core::client::{AuthMethod, Client, ClientKind, GrantType};
+use latchkey_core::jose::Alg;
+use latchkey_core::model::{User, normalize_username};
+use latchkey_core::redirect_uri::RedirectUri;
+use latchkey_core::scope::Scope;
+use latchkey_core::secret::{digest, random_token};
+use latchkey_store::{Store, StoreError};
+
+pub struct NewClient {
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub public: bool,
+    pub grant_types: Option<String>,
+    pub scopes: Option<String>,
+    pub first_party: bool,
+}
+
+pub struct CreatedClient {
+    pub client: Client,
+    /// Shown once; only its digest is stored.
+    pub secret: Option<String>,
+}
+
+pub async fn create_client(
+    store: &dyn Store,
+    new: NewClient,
+    now: i64,
+) -> Result<CreatedClient, String> {
+    let name = new.name.trim().to_owned();
+    if name.is_empty() || name.len() > 200 {
+        return Err("--name must be 1 to 200 characters".into());
+    }
+    let mut redirect_uris = Vec::new();
+    for u in &new.redirect_uris {
+        redirect_uris
+            .push(RedirectUri::register(u).map_err(|e| format!("--redirect-uri {u}: {e}"))?);
+    }
+    let grant_types = match &new.grant_types {
+        None => vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        Some(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(|g| GrantType::parse(g).ok_or_else(|| format!("unknown grant type {g}; use authorization_code, refresh_token, client_credentials")))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if grant_types.is_empty() {
+        return Err("--grant-types must name at least one grant type".into());
+    }
+    if grant_types.contains(&GrantType::AuthorizationCode) && redirect_uris.is_empty() {
+        return Err("a client using authorization_code needs at least one --redirect-uri".into());
+    }
+    if new.public && grant_types.contains(&GrantType::ClientCredentials) {
+        return Err("a public client cannot use client_credentials (it has no secret)".into());
+    }
+    let scopes = Scope::parse(new.scopes.as_deref().unwrap_or("openid profile email"))
+        .map_err(|e| format!("--scopes: {}", e.description()))?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let client_id = random_token(&rng).map_err(|_| "random source failed")?[..22].to_owned();
+    let (kind, secret, auth_methods) = if new.public {
+        (ClientKind::Public, None, vec![AuthMethod::None])
+    } else {
+        (
+            ClientKind::Confidential,
+            Some(random_token(&rng).map_err(|_| "random source failed")?),
+            vec![AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost],
+        )
+    };
+    let client = Client {
+        client_id,
+        name,
+        kind,
+        secret_hash: secret.as_deref().map(digest),
+        redirect_uris,
+        grant_types,
+        scopes,
+        auth_methods,
+        first_party: new.first_party,
+        access_token_ttl: 300,
+        id_token_alg: Alg::RS256,
+        created_at: now,
+    };
+    store
+        .create_client(&client)
+        .await
+        .map_err(|e| format!("cannot store the client: {e}"))?;
+    Ok(CreatedClient { client, secret })
+}
+
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+pub async fn create_user(store: &dyn Store, new: NewUser, now: i64) -> Result<User, String> {
+    let username = normalize_username(&new.username);
+    if username.is_empty() || username.len() > 100 || username.chars().any(char::is_control) {
+        return Err("--username must be 1 to 100 printable characters".into());
+    }
+    if new.password.chars().count() < 8 {
+        return Err("the password must be at least 8 characters".into());
+    }
+    if new.password.len() > 1024 {
+        return Err("the password must be at most 1024 bytes".into());
+    }
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let password = new.password;
+    let password_hash = tokio::task::spawn_blocking(move || {
+        crate::password::hash(&password, &aws_lc_rs::rand::SystemRandom::new())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&rng, &mut id).map_err(|_| "random source failed")?;
+    let user = User {
+        user_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        username,
+        password_hash,
+        email: new.email,
+        email_verified: false,
+        name: new.name,
+        disabled: false,
+        created_at: now,
+    };
+    match store.create_user(&user).await {
+        Ok(()) => Ok(user),
+        Err(StoreError::Conflict) => Err(format!("a user named {} already exists", user.username)),
+        Err(e) => Err(format!("cannot store the user: {e}")),
+    }
+}
+
+/// Finds a user by id or by username.
+pub async fn find_user(store: &dyn Store, id_or_name: &str) -> Result<Option<User>, String> {
+    if let Some(u) = store.user(id_or_name).await.map_err(|e| e.to_string())? {
+        return Ok(Some(u));
+    }
+    store
+        .user_by_username(&normalize_username(id_or_name))
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,118 @@
+//! Settings, from defaults, then a TOML file (`--config`), then `LATCHKEY_*` environment
+//! variables, then command-line flags; later sources win.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded database and generated files live.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// The issuer identifier (an https URL in production). Defaults to
+    /// `http://<listen address>` so a laptop setup needs nothing.
+    pub issuer: Option<String>,
+    /// `postgres://…` to use PostgreSQL instead of the embedded SQLite file.
+    pub database_url: Option<String>,
+    /// Access token lifetime in seconds (DESIGN §1.2: five minutes).
+    pub access_token_ttl: i64,
+    pub id_token_ttl: i64,
+    /// Authorization code lifetime (TM-01: 60 s).
+    pub code_ttl: i64,
+    pub session_ttl: i64,
+    /// A grant dies this long after it was made, however it is used (refresh token
+    /// absolute lifetime).
+    pub refresh_ttl: i64,
+    /// A grant whose refresh token is not used for this long dies (RFC 9700 §4.14.2).
+    pub refresh_idle_ttl: i64,
+    /// `aud` of access tokens when the request names no resource.
+    pub default_audience: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("latchkey-data"),
+            listen: "127.0.0.1:8080".to_owned(),
+            issuer: None,
+            database_url: None,
+            access_token_ttl: 300,
+            id_token_ttl: 600,
+            code_ttl: 60,
+            session_ttl: 8 * 3600,
+            refresh_ttl: 30 * 24 * 3600,
+            refresh_idle_ttl: 14 * 24 * 3600,
+            default_audience: None,
+        }
+    }
+}
+
+/// Values given on the command line; only those present override.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig
+            .merge(Env::prefixed("LATCHKEY_").ignore(&["master_key"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("access_token_ttl", self.access_token_ttl),
+            ("id_token_ttl", self.id_token_ttl),
+            ("code_ttl", self.code_ttl),
+            ("session_ttl", self.session_ttl),
+            ("refresh_ttl", self.refresh_ttl),
+            ("refresh_idle_ttl", self.refresh_idle_ttl),
+        ] {
+            if v <= 0 {
+                return Err(format!("{name} must be a positive number of seconds"));
+            }
+        }
+        if self.code_ttl > 600 {
+            return Err("code_ttl must be at most 600 seconds (RFC 6749 §4.1.2)".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Checks an issuer identifier (RFC 8414 §2): an http(s) URL with no query or fragment.
+/// Returns it without a trailing slash.
+pub fn check_issuer(issuer: &str) -> Result<String, String> {
+    let url = url::Url::parse(issuer).map_err(|e| format!("issuer {issuer} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err(format!("issuer {issuer} must be an https URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("issuer {issuer} must not have a query or fragment"));
+    }
+    Ok(issuer.trim_end_matches('/').to_owned())
+}

@@ -1,0 +1,123 @@
+//! HTTP: thin handlers that extract, call one flow function and render its outcome.
+
+pub mod authorize;
+pub mod demo;
+pub mod discovery;
+pub mod pages;
+pub mod token;
+pub mod userinfo;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use latchkey_core::OAuthError;
+use latchkey_core::metadata::paths;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::state::AppState;
+
+/// Largest request body accepted on any endpoint (REL-05).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The whole application; `main` and the tests share it.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::metadata),
+        )
+        .route(paths::JWKS, get(discovery::jwks))
+        .route(
+            paths::AUTHORIZE,
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/login", post(authorize::login))
+        .route("/consent", post(authorize::consent))
+        .route(paths::TOKEN, post(token::token))
+        .route(
+            paths::USERINFO,
+            get(userinfo::userinfo_get).post(userinfo::userinfo_post),
+        )
+        .route("/", get(pages::home));
+    if state.demo.is_some() {
+        router = router
+            .route("/demo", get(demo::start))
+            .route("/demo/callback", get(demo::callback));
+    }
+    router
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .with_state(state)
+}
+
+/// Headers for every HTML page (BCP-20, BCP-21): no framing, no referrer, no caching,
+/// nothing loaded from elsewhere.
+pub fn html_headers() -> [(HeaderName, HeaderValue); 5] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ]
+}
+
+pub fn html(status: StatusCode, body: String) -> Response {
+    (status, html_headers(), body).into_response()
+}
+
+/// A 303 See Other (never 307 after a credential POST, BCP-18).
+pub fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(v) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, v),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+        )
+            .into_response(),
+        Err(_) => pages::error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &OAuthError::server_error(),
+        ),
+    }
+}
+
+/// A JSON error for the token, userinfo and other back-channel endpoints
+/// (RFC 6749 §5.2), always with `Cache-Control: no-store`.
+pub fn json_error(err: &OAuthError) -> Response {
+    let status = StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if status == StatusCode::UNAUTHORIZED && err.code == latchkey_core::ErrorCode::InvalidClient {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"latchkey\""),
+        );
+    }
+    (status, headers, axum::Json(err.to_json())).into_response()
+}
+
+/// Logs a storage failure (never with secrets: store errors carry none) and returns the
+/// error to show: storage trouble is `temporarily_unavailable`, never a success (REL-06).
+pub fn store_failure(e: &latchkey_store::StoreError) -> OAuthError {
+    tracing::error!(error = %e, "storage failure");
+    OAuthError::temporarily_unavailable()
+}

@@ -1,0 +1,477 @@
+//! The token endpoint (RFC 6749 §3.2): authorization_code, refresh_token and
+//! client_credentials, with client authentication first.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use latchkey_core::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, IdTokenClaims};
+use latchkey_core::client::{Client, ClientAuthenticated, GrantType, PresentedCredentials};
+use latchkey_core::jose::{Alg, at_hash};
+use latchkey_core::model::{Grant, User};
+use latchkey_core::params::Params;
+use latchkey_core::pkce::PkceVerified;
+use latchkey_core::scope::Scope;
+use latchkey_core::secret::{digest, digest_matches};
+use latchkey_core::token::{RefreshToken, TokenRequest, check_code_redemption};
+use latchkey_core::{OAuthError, UnixTime};
+use latchkey_store::Redemption;
+use serde::Serialize;
+
+use super::{json_error, store_failure};
+use crate::state::AppState;
+
+/// How many generations back a presented refresh token is followed along the chain to
+/// prove it is a genuine, superseded token of this grant.
+const MAX_CHAIN_WALK: i64 = 10_000;
+
+/// RFC 6749 §5.1.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match exchange(&state, &headers, &body).await {
+        Ok(resp) => (
+            [
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                (header::PRAGMA, HeaderValue::from_static("no-cache")),
+            ],
+            axum::Json(resp),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::info!(
+                event = "token_error",
+                error = e.code.as_str(),
+                "token request refused"
+            );
+            json_error(&e)
+        }
+    }
+}
+
+async fn exchange(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<TokenResponse, OAuthError> {
+    if !headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        })
+    {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = Params::parse(body)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| OAuthError::invalid_client("malformed Authorization header"))
+        })
+        .transpose()?;
+    let presented = PresentedCredentials::from_request(
+        authorization,
+        params.get("client_id"),
+        params.get("client_secret"),
+    )?;
+    let client = state
+        .store
+        .client(&presented.client_id)
+        .await
+        .map_err(|e| store_failure(&e))?
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    let authenticated = client.authenticate(&presented)?;
+    let request = TokenRequest::parse(&params)?;
+    if !client.allows_grant(request.grant_type()) {
+        return Err(OAuthError::unauthorized_client(format!(
+            "this client may not use the {} grant",
+            request.grant_type().as_str()
+        )));
+    }
+    match request {
+        TokenRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            redeem_code(
+                state,
+                &client,
+                &authenticated,
+                &code,
+                redirect_uri.as_deref(),
+                code_verifier.as_deref(),
+            )
+            .await
+        }
+        TokenRequest::RefreshToken {
+            refresh_token,
+            scope,
+        } => {
+            refresh(
+                state,
+                &client,
+                &authenticated,
+                &refresh_token,
+                scope.as_deref(),
+            )
+            .await
+        }
+        TokenRequest::ClientCredentials { scope } => {
+            client_credentials(state, &client, &authenticated, scope.as_deref())
+        }
+    }
+}
+
+async fn redeem_code(
+    state: &AppState,
+    client: &Client,
+    authenticated: &ClientAuthenticated,
+    code: &str,
+    redirect_uri: Option<&str>,
+    verifier: Option<&str>,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now();
+    let grant_id = new_grant_id(state)?;
+    let stored = match state
+        .store
+        .redeem_code(&digest(code), &grant_id, now)
+        .await
+        .map_err(|e| store_failure(&e))?
+    {
+        Redemption::Redeemed(c) => c,
+        Redemption::AlreadyRedeemed { grant_id } => {
+            // RFC 9700 §4.2.4 / BCP-22: a code used twice revokes what the first use made.
+            if let Some(g) = grant_id {
+                state
+                    .store
+                    .revoke_grant(&g, now)
+                    .await
+                    .map_err(|e| store_failure(&e))?;
+                tracing::warn!(event = "code_reuse", grant_id = %g, "authorization code reused; grant revoked");
+            }
+            return Err(OAuthError::invalid_grant("the code was already used"));
+        }
+        Redemption::NotFound => return Err(OAuthError::invalid_grant("the code is not valid")),
+    };
+    let pkce = check_code_redemption(
+        &stored,
+        authenticated,
+        redirect_uri,
+        verifier,
+        UnixTime(now),
+    )?;
+    let user = active_user(state, &stored.user_id).await?;
+    let (refresh_token, refresh_hash, generation) = if client.allows_grant(GrantType::RefreshToken)
+    {
+        let secret = state.random_token()?;
+        let token = RefreshToken {
+            grant_id: grant_id.clone(),
+            generation: 1,
+            secret,
+        };
+        (Some(token.encode()), Some(digest(&token.secret)), 1)
+    } else {
+        (None, None, 0)
+    };
+    let grant = Grant {
+        grant_id,
+        user_id: user.user_id.clone(),
+        client_id: client.client_id.clone(),
+        scope: stored.scope.clone(),
+        auth_time: stored.auth_time,
+        session_hash: stored.session_hash.clone(),
+        nonce: stored.nonce.clone(),
+        refresh_generation: generation,
+        refresh_hash,
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + state.config.refresh_ttl.min(state.config.refresh_idle_ttl),
+        revoked_at: None,
+    };
+    state
+        .store
+        .insert_grant(&grant)
+        .await
+        .map_err(|e| store_failure(&e))?;
+    mint(
+        state,
+        client,
+        &grant,
+        &user,
+        refresh_token,
+        Some(&pkce),
+        true,
+    )
+}
+
+async fn refresh(
+    state: &AppState,
+    client: &Client,
+    authenticated: &ClientAuthenticated,
+    presented: &str,
+    scope: Option<&str>,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now();
+    let invalid = || OAuthError::invalid_grant("the refresh token is not valid");
+    let token = RefreshToken::parse(presented).ok_or_else(invalid)?;
+    let grant = state
+        .store
+        .grant(&token.grant_id)
+        .await
+        .map_err(|e| store_failure(&e))?
+        .ok_or_else(invalid)?;
+    // RFC 6749 §6: a refresh token is bound to the client it was issued to.
+    if grant.client_id != authenticated.client_id() {
+        return Err(invalid());
+    }
+    if !grant.is_active(UnixTime(now)) {
+        return Err(OAuthError::invalid_grant(
+            "the grant was revoked or has expired",
+        ));
+    }
+    let current_hash = grant.refresh_hash.as_deref().ok_or_else(invalid)?;
+    if token.generation != grant.refresh_generation || !digest_matches(&token.secret, current_hash)
+    {
+        // A superseded token is proven genuine by walking the chain forward to the
+        // current one; only then is it reuse, which revokes the grant (RFC 9700 §4.14.2).
+        if is_superseded(state, &token, &grant, current_hash) {
+            state
+                .store
+                .revoke_grant(&grant.grant_id, now)
+                .await
+                .map_err(|e| store_failure(&e))?;
+            tracing::warn!(event = "refresh_reuse", grant_id = %grant.grant_id, "superseded refresh token presented; grant revoked");
+        }
+        return Err(invalid());
+    }
+    // RFC 6749 §6: the requested scope must not exceed the grant.
+    let scope = match scope {
+        None => grant.scope.clone(),
+        Some(s) => {
+            let wanted = Scope::parse(s)?;
+            if !wanted.is_subset(&grant.scope) {
+                return Err(OAuthError::invalid_scope(
+                    "the requested scope exceeds the grant",
+                ));
+            }
+            wanted
+        }
+    };
+    let next = RefreshToken {
+        grant_id: grant.grant_id.clone(),
+        generation: token.generation + 1,
+        secret: next_secret(state, &token),
+    };
+    let expires_at =
+        (grant.created_at + state.config.refresh_ttl).min(now + state.config.refresh_idle_ttl);
+    let rotated = state
+        .store
+        .rotate_refresh(
+            &grant.grant_id,
+            token.generation,
+            &digest(&next.secret),
+            now,
+            expires_at,
+        )
+        .await
+        .map_err(|e| store_failure(&e))?;
+    if !rotated {
+        // Another request rotated (or revoked) this grant between our read and write:
+        // the token we were shown is now superseded.
+        state
+            .store
+            .revoke_grant(&grant.grant_id, now)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        return Err(invalid());
+    }
+    let user = active_user(state, &grant.user_id).await?;
+    let narrowed = Grant { scope, ..grant };
+    mint(
+        state,
+        client,
+        &narrowed,
+        &user,
+        Some(next.encode()),
+        None,
+        false,
+    )
+}
+
+/// The refresh secret chain: each generation's secret is a MAC of the previous one, so
+/// an old token can be recognised without storing it.
+fn next_secret(state: &AppState, token: &RefreshToken) -> String {
+    state.mac("refresh", &token.encode())
+}
+
+fn is_superseded(
+    state: &AppState,
+    token: &RefreshToken,
+    grant: &Grant,
+    current_hash: &str,
+) -> bool {
+    let distance = grant.refresh_generation - token.generation;
+    if !(1..=MAX_CHAIN_WALK).contains(&distance) {
+        return false;
+    }
+    let mut t = token.clone();
+    for _ in 0..distance {
+        t = RefreshToken {
+            secret: next_secret(state, &t),
+            generation: t.generation + 1,
+            grant_id: t.grant_id,
+        };
+    }
+    digest_matches(&t.secret, current_hash)
+}
+
+fn client_credentials(
+    state: &AppState,
+    client: &Client,
+    _auth: &ClientAuthenticated,
+    scope: Option<&str>,
+) -> Result<TokenResponse, OAuthError> {
+    let scope = client.permitted_scope(scope)?;
+    // The user-facing scopes mean nothing without a user.
+    let scope = Scope::from_tokens(
+        scope
+            .iter()
+            .filter(|s| !matches!(*s, "openid" | "profile" | "email" | "offline_access")),
+    );
+    let now = state.now();
+    let claims = AccessTokenClaims {
+        iss: state.issuer.clone(),
+        // BCP-17: client subjects live in their own namespace.
+        sub: format!("client:{}", client.client_id),
+        aud: state.audience().to_owned(),
+        client_id: client.client_id.clone(),
+        scope: scope.to_string(),
+        iat: now,
+        exp: now + client.access_token_ttl,
+        jti: state.random_token()?,
+        gid: None,
+        auth_time: None,
+    };
+    let access_token = sign(state, Alg::EdDSA, ACCESS_TOKEN_TYP, &claims)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: client.access_token_ttl,
+        scope: claims.scope,
+        refresh_token: None,
+        id_token: None,
+    })
+}
+
+/// Issues the access token (and the ID token for OpenID requests) for a grant.
+fn mint(
+    state: &AppState,
+    client: &Client,
+    grant: &Grant,
+    user: &User,
+    refresh_token: Option<String>,
+    _pkce: Option<&PkceVerified>,
+    with_nonce: bool,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now();
+    let scope = grant.scope.to_string();
+    let claims = AccessTokenClaims {
+        iss: state.issuer.clone(),
+        sub: user.user_id.clone(),
+        aud: state.audience().to_owned(),
+        client_id: client.client_id.clone(),
+        scope: scope.clone(),
+        iat: now,
+        exp: now + client.access_token_ttl,
+        jti: state.random_token()?,
+        gid: Some(grant.grant_id.clone()),
+        auth_time: Some(grant.auth_time),
+    };
+    let access_token = sign(state, Alg::EdDSA, ACCESS_TOKEN_TYP, &claims)?;
+    let id_token = if grant.scope.contains("openid") {
+        let id = IdTokenClaims {
+            iss: state.issuer.clone(),
+            sub: user.user_id.clone(),
+            aud: client.client_id.clone(),
+            exp: now + state.config.id_token_ttl,
+            iat: now,
+            auth_time: grant.auth_time,
+            // OIDC Core §12.2: a refreshed ID token carries no nonce.
+            nonce: if with_nonce {
+                grant.nonce.clone()
+            } else {
+                None
+            },
+            at_hash: Some(at_hash(&access_token)),
+            azp: client.client_id.clone(),
+            sid: None,
+        };
+        Some(sign(state, client.id_token_alg, "JWT", &id)?)
+    } else {
+        None
+    };
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: client.access_token_ttl,
+        scope,
+        refresh_token,
+        id_token,
+    })
+}
+
+fn sign<C: Serialize>(
+    state: &AppState,
+    alg: Alg,
+    typ: &str,
+    claims: &C,
+) -> Result<String, OAuthError> {
+    let key = state.keys.signer(alg).ok_or_else(|| {
+        tracing::error!(alg = alg.as_str(), "no active signing key");
+        OAuthError::server_error()
+    })?;
+    key.sign(typ, claims)
+        .map_err(|_| OAuthError::server_error())
+}
+
+async fn active_user(state: &AppState, user_id: &str) -> Result<User, OAuthError> {
+    match state
+        .store
+        .user(user_id)
+        .await
+        .map_err(|e| store_failure(&e))?
+    {
+        Some(u) if !u.disabled => Ok(u),
+        _ => Err(OAuthError::invalid_grant(
+            "the user no longer exists or is disabled",
+        )),
+    }
+}
+
+fn new_grant_id(state: &AppState) -> Result<String, OAuthError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&state.rng, &mut bytes)
+        .map_err(|_| OAuthError::server_error())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

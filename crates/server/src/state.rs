@@ -1,0 +1,66 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use latchkey_store::Store;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::keys::KeyRing;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    /// The issuer identifier, without a trailing slash.
+    pub issuer: String,
+    pub keys: KeyRing,
+    /// Server-wide MAC key (shared by all nodes through the store): CSRF tokens,
+    /// login markers and the refresh-token chain.
+    pub mac_key: Vec<u8>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: SystemRandom,
+    /// A real argon2id hash of a random password, verified against when the username
+    /// is unknown so that both cases take the same time.
+    pub dummy_password_hash: String,
+    /// Cookies carry `Secure` when the issuer is https.
+    pub secure_cookies: bool,
+    /// Demo relying party settings, when `latchkey demo` runs.
+    pub demo: Option<crate::http::demo::DemoClient>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn now(&self) -> i64 {
+        self.clock.now().0
+    }
+
+    pub fn audience(&self) -> &str {
+        self.config
+            .default_audience
+            .as_deref()
+            .unwrap_or(&self.issuer)
+    }
+
+    pub fn random_token(&self) -> Result<String, latchkey_core::OAuthError> {
+        latchkey_core::secret::random_token(&self.rng)
+            .map_err(|_| latchkey_core::OAuthError::server_error())
+    }
+
+    pub fn mac(&self, purpose: &str, message: &str) -> String {
+        let mut input = Vec::with_capacity(purpose.len() + message.len() + 1);
+        input.extend_from_slice(purpose.as_bytes());
+        input.push(0);
+        input.extend_from_slice(message.as_bytes());
+        latchkey_core::secret::mac(&self.mac_key, &input)
+    }
+}
