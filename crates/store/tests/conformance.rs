@@ -1,0 +1,387 @@
+//! One conformance suite for every `Store` implementation, run against SQLite (a fresh
+//! file) and PostgreSQL (a fresh database on LATCHKEY_TEST_DATABASE_URL's server).
+//! The PostgreSQL half never skips: if the server cannot be reached the test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
+
+use std::sync::Arc;
+
+use latchkey_core::client::{AuthMethod, Client, ClientKind, GrantType};
+use latchkey_core::jose::Alg;
+use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Session, User};
+use latchkey_core::pkce::CodeChallenge;
+use latchkey_core::redirect_uri::RedirectUri;
+use latchkey_core::scope::Scope;
+use latchkey_store::{PgStore, Redemption, SqliteStore, Store, StoreError};
+
+const NOW: i64 = 1_800_000_000;
+
+fn client(id: &str) -> Client {
+    Client {
+        client_id: id.into(),
+        name: "App".into(),
+        kind: ClientKind::Confidential,
+        secret_hash: Some("hash".into()),
+        redirect_uris: vec![RedirectUri::register("https://app.example/cb").unwrap()],
+        grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        scopes: Scope::parse("openid email").unwrap(),
+        auth_methods: vec![AuthMethod::ClientSecretBasic],
+        first_party: false,
+        access_token_ttl: 300,
+        id_token_alg: Alg::RS256,
+        created_at: NOW,
+    }
+}
+
+fn user(id: &str, name: &str) -> User {
+    User {
+        user_id: id.into(),
+        username: name.into(),
+        password_hash: "$argon2id$x".into(),
+        email: Some(format!("{name}@example.com")),
+        email_verified: true,
+        name: None,
+        disabled: false,
+        created_at: NOW,
+    }
+}
+
+fn grant(id: &str, user: &str, client: &str) -> Grant {
+    Grant {
+        grant_id: id.into(),
+        user_id: user.into(),
+        client_id: client.into(),
+        scope: Scope::parse("openid email").unwrap(),
+        auth_time: NOW,
+        session_hash: None,
+        nonce: Some("n".into()),
+        refresh_generation: 1,
+        refresh_hash: Some("h1".into()),
+        created_at: NOW,
+        last_used_at: NOW,
+        expires_at: NOW + 3600,
+        revoked_at: None,
+    }
+}
+
+fn code(hash: &str) -> AuthorizationCode {
+    AuthorizationCode {
+        code_hash: hash.into(),
+        client_id: "c1".into(),
+        user_id: "u1".into(),
+        session_hash: Some("s".into()),
+        redirect_uri: "https://app.example/cb".into(),
+        scope: Scope::parse("openid").unwrap(),
+        nonce: None,
+        code_challenge: CodeChallenge::from_stored(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        ),
+        auth_time: NOW,
+        expires_at: NOW + 60,
+    }
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    clients(&*store).await;
+    users(&*store).await;
+    sessions(&*store).await;
+    codes(store.clone()).await;
+    grants(store.clone()).await;
+    keys_and_secrets(&*store).await;
+}
+
+async fn clients(s: &dyn Store) {
+    s.create_client(&client("c1")).await.unwrap();
+    assert!(matches!(
+        s.create_client(&client("c1")).await,
+        Err(StoreError::Conflict)
+    ));
+    let c = s.client("c1").await.unwrap().unwrap();
+    assert_eq!(c.redirect_uris[0].as_str(), "https://app.example/cb");
+    assert_eq!(
+        c.grant_types,
+        vec![GrantType::AuthorizationCode, GrantType::RefreshToken]
+    );
+    assert_eq!(c.scopes.to_string(), "email openid");
+    assert_eq!(c.secret_hash.as_deref(), Some("hash"));
+    assert!(s.client("nope").await.unwrap().is_none());
+    s.create_client(&client("c2")).await.unwrap();
+    assert_eq!(s.list_clients().await.unwrap().len(), 2);
+    s.insert_grant(&grant("g-c2", "u9", "c2")).await.unwrap();
+    assert!(s.delete_client("c2", NOW).await.unwrap());
+    assert!(!s.delete_client("c2", NOW).await.unwrap());
+    assert!(
+        s.grant("g-c2").await.unwrap().unwrap().revoked_at.is_some(),
+        "deleting a client revokes its grants"
+    );
+}
+
+async fn users(s: &dyn Store) {
+    s.create_user(&user("u1", "alice")).await.unwrap();
+    assert!(matches!(
+        s.create_user(&user("u2", "alice")).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        s.user_by_username("alice").await.unwrap().unwrap().user_id,
+        "u1"
+    );
+    s.create_user(&user("u3", "bob")).await.unwrap();
+    s.insert_grant(&grant("g-bob", "u3", "c1")).await.unwrap();
+    s.create_session(&Session {
+        session_hash: "sess-bob".into(),
+        user_id: "u3".into(),
+        auth_time: NOW,
+        expires_at: NOW + 60,
+    })
+    .await
+    .unwrap();
+    assert!(s.delete_user("u3", NOW).await.unwrap());
+    assert!(s.user("u3").await.unwrap().is_none());
+    assert!(
+        s.session("sess-bob", NOW).await.unwrap().is_none(),
+        "deleting a user ends their sessions"
+    );
+    assert!(
+        s.grant("g-bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some(),
+        "deleting a user revokes their grants"
+    );
+    assert_eq!(s.list_users().await.unwrap().len(), 1);
+}
+
+async fn sessions(s: &dyn Store) {
+    s.create_session(&Session {
+        session_hash: "s1".into(),
+        user_id: "u1".into(),
+        auth_time: NOW,
+        expires_at: NOW + 10,
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.session("s1", NOW).await.unwrap().unwrap().auth_time, NOW);
+    assert!(
+        s.session("s1", NOW + 10).await.unwrap().is_none(),
+        "expired sessions are not returned"
+    );
+    s.delete_session("s1").await.unwrap();
+    assert!(s.session("s1", NOW).await.unwrap().is_none());
+}
+
+async fn codes(s: Arc<dyn Store>) {
+    s.insert_code(&code("code1")).await.unwrap();
+    match s.redeem_code("code1", "g1", NOW).await.unwrap() {
+        Redemption::Redeemed(c) => {
+            assert_eq!(c.redirect_uri, "https://app.example/cb");
+            assert_eq!(
+                c.code_challenge.as_str(),
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+            );
+        }
+        other => panic!("expected Redeemed, got {other:?}"),
+    }
+    match s.redeem_code("code1", "g2", NOW).await.unwrap() {
+        Redemption::AlreadyRedeemed { grant_id } => assert_eq!(grant_id.as_deref(), Some("g1")),
+        other => panic!("expected AlreadyRedeemed, got {other:?}"),
+    }
+    assert!(matches!(
+        s.redeem_code("nope", "g3", NOW).await.unwrap(),
+        Redemption::NotFound
+    ));
+
+    // REL-01: of many racing redemptions exactly one wins.
+    s.insert_code(&code("race")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.redeem_code("race", &format!("g-race-{i}"), NOW)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Redemption::Redeemed(_)) {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn grants(s: Arc<dyn Store>) {
+    s.insert_grant(&grant("g1", "u1", "c1")).await.unwrap();
+    assert!(
+        s.grant("g1")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active(latchkey_core::UnixTime(NOW))
+    );
+    assert_eq!(s.active_grants("u1", "c1", NOW).await.unwrap().len(), 1);
+    assert!(
+        !s.rotate_refresh("g1", 2, "h3", NOW, NOW + 3600)
+            .await
+            .unwrap(),
+        "wrong generation does not rotate"
+    );
+    assert!(
+        s.rotate_refresh("g1", 1, "h2", NOW + 5, NOW + 7200)
+            .await
+            .unwrap()
+    );
+    let g = s.grant("g1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            g.refresh_generation,
+            g.refresh_hash.as_deref(),
+            g.last_used_at,
+            g.expires_at
+        ),
+        (2, Some("h2"), NOW + 5, NOW + 7200)
+    );
+
+    // Racing rotations from one generation: exactly one succeeds.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.rotate_refresh("g1", 2, &format!("h-{i}"), NOW, NOW + 3600)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(s.grant("g1").await.unwrap().unwrap().refresh_generation, 3);
+
+    assert!(s.revoke_grant("g1", NOW).await.unwrap());
+    assert!(
+        !s.revoke_grant("g1", NOW).await.unwrap(),
+        "revoking twice reports no change"
+    );
+    assert!(
+        !s.grant("g1")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active(latchkey_core::UnixTime(NOW))
+    );
+    assert!(
+        !s.rotate_refresh("g1", 3, "h4", NOW, NOW + 3600)
+            .await
+            .unwrap(),
+        "a revoked grant never rotates"
+    );
+    assert!(s.active_grants("u1", "c1", NOW).await.unwrap().is_empty());
+}
+
+async fn keys_and_secrets(s: &dyn Store) {
+    let key = KeyRecord {
+        kid: "k1".into(),
+        alg: Alg::EdDSA,
+        state: KeyState::Active,
+        private_pkcs8: vec![1, 2, 3, 0, 255],
+        created_at: NOW,
+    };
+    s.insert_key(&key).await.unwrap();
+    let keys = s.keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].private_pkcs8, vec![1, 2, 3, 0, 255]);
+    assert_eq!(keys[0].state, KeyState::Active);
+    let first = s.server_secret("mac", "one").await.unwrap();
+    let second = s.server_secret("mac", "two").await.unwrap();
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("one", "one"),
+        "the first value wins on every node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+    // Migrating an already migrated database is a no-op.
+    let again = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+    drop(again);
+    suite(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conformance() {
+    let url = std::env::var("LATCHKEY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let db = pg::fresh_database(&url).await;
+    let store = PgStore::connect(&db.url).await.unwrap();
+    let again = PgStore::connect(&db.url).await.unwrap();
+    drop(again);
+    suite(Arc::new(store)).await;
+    db.drop().await;
+}
+
+mod pg {
+    use sqlx::Connection;
+
+    pub struct FreshDb {
+        admin_url: String,
+        name: String,
+        pub url: String,
+    }
+
+    /// Creates a uniquely named database on the server of `url`. Fails loudly when the
+    /// server cannot be reached: the PostgreSQL half must run.
+    pub async fn fresh_database(url: &str) -> FreshDb {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {url} is required for the store suite (scripts/ensure-postgres): {e}"
+            )
+        });
+        let name = format!("latchkey_test_{}_{}", std::process::id(), nanos());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = url.rsplit_once('/').map(|(b, _)| b).unwrap();
+        FreshDb {
+            admin_url: url.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    impl FreshDb {
+        pub async fn drop(self) {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
+
+    fn nanos() -> u128 {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a unique name, not protocol time"
+        )]
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+}
