@@ -132,12 +132,12 @@ pub fn validate(
             )));
         }
     }
-    if let Some(mode) = params.get("response_mode") {
-        if mode != "query" {
-            return Err(redirect(OAuthError::invalid_request(
-                "only response_mode=query is supported",
-            )));
-        }
+    if let Some(mode) = params.get("response_mode")
+        && mode != "query"
+    {
+        return Err(redirect(OAuthError::invalid_request(
+            "only response_mode=query is supported",
+        )));
     }
     if !client.allows_grant(GrantType::AuthorizationCode) {
         return Err(redirect(OAuthError::unauthorized_client(

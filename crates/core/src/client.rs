@@ -205,12 +205,12 @@ impl PresentedCredentials {
                 ));
             }
             let (id, secret) = parse_basic(header)?;
-            if let Some(body_id) = body_client_id {
-                if body_id != id {
-                    return Err(OAuthError::invalid_request(
-                        "client_id in the body differs from the Authorization header",
-                    ));
-                }
+            if let Some(body_id) = body_client_id
+                && body_id != id
+            {
+                return Err(OAuthError::invalid_request(
+                    "client_id in the body differs from the Authorization header",
+                ));
             }
             return Ok(PresentedCredentials {
                 client_id: id,

@@ -358,10 +358,10 @@ pub async fn login(
         auth_time: now,
         expires_at: now + state.config.session_ttl,
     };
-    if let Some(old) = jar.get(SESSION_COOKIE) {
-        if let Err(e) = state.store.delete_session(&digest(old.value())).await {
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, &store_failure(&e));
-        }
+    if let Some(old) = jar.get(SESSION_COOKIE)
+        && let Err(e) = state.store.delete_session(&digest(old.value())).await
+    {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, &store_failure(&e));
     }
     if let Err(e) = state.store.create_session(&session).await {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, &store_failure(&e));

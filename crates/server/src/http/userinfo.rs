@@ -114,11 +114,11 @@ async fn claims_for(state: &AppState, token: &str) -> Result<serde_json::Value, 
             out["name"] = name.clone().into();
         }
     }
-    if claims.scopes().any(|s| s == "email") {
-        if let Some(email) = &user.email {
-            out["email"] = email.clone().into();
-            out["email_verified"] = user.email_verified.into();
-        }
+    if claims.scopes().any(|s| s == "email")
+        && let Some(email) = &user.email
+    {
+        out["email"] = email.clone().into();
+        out["email_verified"] = user.email_verified.into();
     }
     Ok(out)
 }
