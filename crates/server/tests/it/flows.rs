@@ -376,8 +376,9 @@ async fn confidential_client_with_prior_consent_skips_consent_page() {
 
     let (code, req) = first_code(&server, &browser, &app, "alice").await;
     let first = redeem(&server.issuer, &app, &code, &req.verifier).await;
-    let first_sub =
-        decode_jwt(&first.ok()["access_token"].as_str().unwrap().to_owned()).1["sub"].clone();
+    let (_, first_claims) = decode_jwt(first.ok()["access_token"].as_str().unwrap());
+    let first_sub = first_claims["sub"].clone();
+    assert!(first_sub.is_string(), "no sub in {first_claims}");
 
     // Same browser (signed in), same client, same scopes: no login, no consent page.
     let second = authz_request(&server.issuer, &app.id, "openid profile email");

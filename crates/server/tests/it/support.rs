@@ -58,6 +58,8 @@ impl TestServer {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            // Plain log lines in the file we print when a test fails.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -700,9 +702,12 @@ pub fn assert_error_page(page: &Page) {
         ct.starts_with("text/html"),
         "error page content type {ct:?}"
     );
+    // Nor may it bounce the user on by other means (RFC 6749 §4.1.2.1: MUST NOT
+    // automatically redirect to an invalid redirect URI).
+    let lower = page.body.to_ascii_lowercase();
     assert!(
-        !page.body.contains("code="),
-        "error page leaks a code: {}",
+        !lower.contains("http-equiv=\"refresh\"") && !lower.contains("<script"),
+        "error page redirects by meta refresh or script: {}",
         page.describe()
     );
 }
