@@ -248,6 +248,8 @@ mod tests {
             scopes: Scope::parse("openid email").unwrap(),
             auth_methods: vec![AuthMethod::ClientSecretBasic],
             first_party: false,
+            post_logout_redirect_uris: vec![],
+            audiences: vec![],
             access_token_ttl: 300,
             id_token_alg: Alg::RS256,
             created_at: 0,

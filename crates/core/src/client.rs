@@ -104,6 +104,11 @@ pub struct Client {
     pub auth_methods: Vec<AuthMethod>,
     /// An admin vouched for this client: its users are not asked for consent.
     pub first_party: bool,
+    /// Registered `post_logout_redirect_uri` values (OIDC RP-Initiated Logout §2).
+    pub post_logout_redirect_uris: Vec<RedirectUri>,
+    /// Audiences this client serves as a resource server: it may introspect tokens
+    /// issued for them and read the revocation feed.
+    pub audiences: Vec<String>,
     pub access_token_ttl: i64,
     pub id_token_alg: Alg,
     pub created_at: i64,
@@ -288,6 +293,8 @@ mod tests {
                 ClientKind::Public => vec![AuthMethod::None],
             },
             first_party: false,
+            post_logout_redirect_uris: vec![],
+            audiences: vec![],
             access_token_ttl: 300,
             id_token_alg: Alg::RS256,
             created_at: 0,

@@ -8,6 +8,11 @@ pub mod paths {
     pub const TOKEN: &str = "/token";
     pub const USERINFO: &str = "/userinfo";
     pub const JWKS: &str = "/jwks.json";
+    pub const REVOKE: &str = "/revoke";
+    pub const INTROSPECT: &str = "/introspect";
+    pub const REVOCATION_FEED: &str = "/revocations";
+    pub const END_SESSION: &str = "/logout";
+    pub const ACCOUNT: &str = "/account";
 }
 
 /// The metadata document for `issuer` (no trailing slash).
@@ -19,6 +24,11 @@ pub fn document(issuer: &str) -> serde_json::Value {
         "token_endpoint": url(paths::TOKEN),
         "userinfo_endpoint": url(paths::USERINFO),
         "jwks_uri": url(paths::JWKS),
+        "revocation_endpoint": url(paths::REVOKE),
+        "introspection_endpoint": url(paths::INTROSPECT),
+        "end_session_endpoint": url(paths::END_SESSION),
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

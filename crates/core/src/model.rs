@@ -53,6 +53,8 @@ pub struct Grant {
     /// After this the grant is dead (refresh expiry) and may be swept.
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// The refresh grace retry of the current generation was spent.
+    pub grace_used: bool,
 }
 
 impl Grant {

@@ -17,6 +17,9 @@ pub struct NewClient {
     pub grant_types: Option<String>,
     pub scopes: Option<String>,
     pub first_party: bool,
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Audiences this client serves as a resource server.
+    pub audiences: Vec<String>,
 }
 
 pub struct CreatedClient {
@@ -38,6 +41,19 @@ pub async fn create_client(
     for u in &new.redirect_uris {
         redirect_uris
             .push(RedirectUri::register(u).map_err(|e| format!("--redirect-uri {u}: {e}"))?);
+    }
+    let mut post_logout_redirect_uris = Vec::new();
+    for u in &new.post_logout_redirect_uris {
+        post_logout_redirect_uris.push(
+            RedirectUri::register(u).map_err(|e| format!("--post-logout-redirect-uri {u}: {e}"))?,
+        );
+    }
+    for a in &new.audiences {
+        if a.is_empty() || a.len() > 512 || a.contains(char::is_whitespace) {
+            return Err(format!(
+                "--serves-audience {a}: an audience is a non-empty string without spaces"
+            ));
+        }
     }
     let grant_types = match &new.grant_types {
         None => vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
@@ -80,6 +96,8 @@ pub async fn create_client(
         scopes,
         auth_methods,
         first_party: new.first_party,
+        post_logout_redirect_uris,
+        audiences: new.audiences,
         access_token_ttl: 300,
         id_token_alg: Alg::RS256,
         created_at: now,

@@ -32,7 +32,32 @@ pub struct Config {
     pub refresh_idle_ttl: i64,
     /// `aud` of access tokens when the request names no resource.
     pub default_audience: Option<String>,
+    /// A client that lost the answer to a refresh may retry with the previous refresh
+    /// token once within this many seconds and get the same new one (REL-02).
+    pub refresh_grace_seconds: i64,
+    /// Whether RP-initiated logout also revokes the grants made in the ended session.
+    pub logout_revokes_grants: bool,
+    /// How often (seconds) a node tries to sweep expired rows.
+    pub sweep_interval: i64,
 }
+
+/// The settings' names, as TOML keys and (upper-cased, with `LATCHKEY_`) variables.
+const FIELDS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "issuer",
+    "database_url",
+    "access_token_ttl",
+    "id_token_ttl",
+    "code_ttl",
+    "session_ttl",
+    "refresh_ttl",
+    "refresh_idle_ttl",
+    "default_audience",
+    "refresh_grace_seconds",
+    "logout_revokes_grants",
+    "sweep_interval",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -48,6 +73,9 @@ impl Default for Config {
             refresh_ttl: 30 * 24 * 3600,
             refresh_idle_ttl: 14 * 24 * 3600,
             default_audience: None,
+            refresh_grace_seconds: 5,
+            logout_revokes_grants: false,
+            sweep_interval: 60,
         }
     }
 }
@@ -74,8 +102,10 @@ impl Config {
             }
             fig = fig.merge(Toml::file(file));
         }
+        // Only the settings' own names: other LATCHKEY_* variables (LATCHKEY_LOG, the
+        // test suite's) are not configuration.
         fig = fig
-            .merge(Env::prefixed("LATCHKEY_").ignore(&["master_key"]))
+            .merge(Env::prefixed("LATCHKEY_").only(FIELDS))
             .merge(Serialized::defaults(overrides));
         let config: Config = fig
             .extract()
@@ -92,10 +122,14 @@ impl Config {
             ("session_ttl", self.session_ttl),
             ("refresh_ttl", self.refresh_ttl),
             ("refresh_idle_ttl", self.refresh_idle_ttl),
+            ("sweep_interval", self.sweep_interval),
         ] {
             if v <= 0 {
                 return Err(format!("{name} must be a positive number of seconds"));
             }
+        }
+        if !(0..=300).contains(&self.refresh_grace_seconds) {
+            return Err("refresh_grace_seconds must be between 0 and 300".to_owned());
         }
         if self.code_ttl > 600 {
             return Err("code_ttl must be at most 600 seconds (RFC 6749 §4.1.2)".to_owned());

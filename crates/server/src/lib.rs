@@ -125,6 +125,7 @@ pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, String), 
 
 /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> Result<(), String> {
+    tokio::spawn(sweeper(state.clone()));
     let app = http::app(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -152,4 +153,44 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Removes rows nothing needs any more, in small batches, on whichever node holds the
+/// sweep lock (DESIGN §2).
+async fn sweeper(state: AppState) {
+    const BATCH: i64 = 1000;
+    let period =
+        std::time::Duration::from_secs(u64::try_from(state.config.sweep_interval).unwrap_or(60));
+    loop {
+        tokio::time::sleep(period).await;
+        for _ in 0..1000 {
+            let now = state.now();
+            let horizon = now - http::backchannel::feed_window(&state);
+            match state.store.sweep(now, horizon, BATCH).await {
+                Ok(Some(r)) => {
+                    if r.total() > 0 {
+                        tracing::debug!(
+                            codes = r.codes,
+                            sessions = r.sessions,
+                            grants = r.grants,
+                            revocations = r.revocations,
+                            "swept expired rows"
+                        );
+                    }
+                    if r.codes < BATCH as u64
+                        && r.sessions < BATCH as u64
+                        && r.grants < BATCH as u64
+                        && r.revocations < BATCH as u64
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep failed");
+                    break;
+                }
+            }
+        }
+    }
 }

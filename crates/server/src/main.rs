@@ -41,6 +41,35 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Inspect and revoke grants (one user's authorization of one client).
+    #[command(subcommand)]
+    Grant(GrantCommand),
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// List grants, newest first (active ones unless --all).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// User id or username.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        /// Include revoked and expired grants.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant: its refresh token, introspection and (through the feed) its
+    /// access tokens stop working.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        grant_id: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -104,6 +133,13 @@ enum ClientCommand {
         /// Trusted by the admin: users are not asked for consent.
         #[arg(long)]
         first_party: bool,
+        /// Where RP-initiated logout may send the browser afterwards (repeatable).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// This client is the API (resource server) for AUD: it may introspect tokens for
+        /// AUD and read the revocation feed (repeatable).
+        #[arg(long = "serves-audience")]
+        audiences: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -197,6 +233,7 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Client(c) => client_command(c).await,
         Command::User(u) => user_command(u).await,
+        Command::Grant(g) => grant_command(g).await,
     }
 }
 
@@ -256,6 +293,8 @@ async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
             grant_types: None,
             scopes: None,
             first_party: false,
+            post_logout_redirect_uris: vec![format!("{issuer}/demo")],
+            audiences: vec![],
         },
         now(),
     )
@@ -294,6 +333,8 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             grant_types,
             scopes,
             first_party,
+            post_logout_redirect_uris,
+            audiences,
             json,
         } => {
             let (store, _) = open_store(&store.config(None, None)?).await?;
@@ -306,6 +347,8 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
                     grant_types,
                     scopes,
                     first_party,
+                    post_logout_redirect_uris,
+                    audiences,
                 },
                 now(),
             )
@@ -451,6 +494,91 @@ async fn user_command(u: UserCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("deleted user {} and revoked their grants", found.username);
             Ok(())
+        }
+    }
+}
+
+async fn grant_command(g: GrantCommand) -> Result<(), String> {
+    match g {
+        GrantCommand::List {
+            store,
+            user,
+            client,
+            all,
+            json,
+        } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let user_id = match user {
+                Some(u) => Some(
+                    admin::find_user(store.as_ref(), &u)
+                        .await?
+                        .ok_or_else(|| format!("no user {u}"))?
+                        .user_id,
+                ),
+                None => None,
+            };
+            let filter = latchkey_store::GrantFilter {
+                user_id,
+                client_id: client,
+                session_hash: None,
+                active_only: !all,
+            };
+            let grants = store
+                .list_grants(&filter, now(), 10_000)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = grants
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "grant_id": g.grant_id,
+                            "user_id": g.user_id,
+                            "client_id": g.client_id,
+                            "scope": g.scope.to_string(),
+                            "created_at": g.created_at,
+                            "last_used_at": g.last_used_at,
+                            "expires_at": g.expires_at,
+                            "revoked_at": g.revoked_at,
+                            "refresh_generation": g.refresh_generation,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for g in grants {
+                    let state = if g.revoked_at.is_some() {
+                        "revoked"
+                    } else if g.expires_at <= now() {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        g.grant_id, state, g.user_id, g.client_id, g.scope
+                    );
+                }
+            }
+            Ok(())
+        }
+        GrantCommand::Revoke { store, grant_id } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            match store.grant(&grant_id).await.map_err(|e| e.to_string())? {
+                None => Err(format!("no grant {grant_id}")),
+                Some(g) if g.revoked_at.is_some() => {
+                    println!("grant {grant_id} was already revoked");
+                    Ok(())
+                }
+                Some(_) => {
+                    store
+                        .revoke_grant(&grant_id, now())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("revoked grant {grant_id}");
+                    Ok(())
+                }
+            }
         }
     }
 }

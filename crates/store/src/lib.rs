@@ -43,6 +43,40 @@ pub enum Redemption {
     NotFound,
 }
 
+/// Which grants an operation applies to; all set fields must match.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub session_hash: Option<String>,
+    /// Only grants that are neither revoked nor expired.
+    pub active_only: bool,
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// `grant` (subject is a grant id), `user` (a `sub`) or `client` (a `client_id`).
+    pub kind: String,
+    pub subject: String,
+    pub revoked_at: i64,
+}
+
+/// Rows removed by one sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub codes: u64,
+    pub sessions: u64,
+    pub grants: u64,
+    pub revocations: u64,
+}
+
+impl SweepReport {
+    pub fn total(&self) -> u64 {
+        self.codes + self.sessions + self.grants + self.revocations
+    }
+}
+
 /// Storage for everything Latchkey keeps. Methods are domain operations.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -89,8 +123,30 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         expires_at: i64,
     ) -> Result<bool>;
-    /// Revokes a grant; true if this call revoked it.
+    /// Spends the one grace retry of generation `generation` (the client lost the
+    /// response of a refresh and retries with the previous token); true if this call
+    /// spent it.
+    async fn use_refresh_grace(&self, grant_id: &str, generation: i64) -> Result<bool>;
+    /// Revokes a grant and enters it in the revocation feed; true if this call revoked it.
     async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool>;
+    /// Revokes every active grant matching the filter; returns how many.
+    async fn revoke_grants(&self, filter: &GrantFilter, now: i64) -> Result<u64>;
+    /// Grants matching the filter, newest first.
+    async fn list_grants(&self, filter: &GrantFilter, now: i64, limit: i64) -> Result<Vec<Grant>>;
+
+    // The revocation feed (DESIGN §4)
+    /// Entries revoked at or after `since`, oldest first.
+    async fn revocations_since(&self, since: i64, limit: i64) -> Result<Vec<Revocation>>;
+
+    // Housekeeping
+    /// Deletes at most `limit` rows of each kind that nothing needs any more: codes and
+    /// sessions past expiry, grants past expiry or revoked before `revoked_before`, feed
+    /// entries older than `revoked_before`. One node at a time (a database lock on
+    /// PostgreSQL); returns `None` if another node holds the lock.
+    async fn sweep(&self, now: i64, revoked_before: i64, limit: i64)
+    -> Result<Option<SweepReport>>;
+    /// Rows per table, for tests and benchmarks.
+    async fn row_counts(&self) -> Result<Vec<(&'static str, i64)>>;
 
     // Signing keys
     async fn insert_key(&self, key: &KeyRecord) -> Result<()>;

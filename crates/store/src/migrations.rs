@@ -21,6 +21,8 @@ CREATE TABLE clients (
     first_party INTEGER NOT NULL,
     access_token_ttl INTEGER NOT NULL,
     id_token_alg TEXT NOT NULL,
+    post_logout_redirect_uris TEXT NOT NULL,
+    audiences TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE users (
@@ -54,9 +56,12 @@ CREATE TABLE grants (
     created_at INTEGER NOT NULL,
     last_used_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    grace_used INTEGER NOT NULL
 );
 CREATE INDEX grants_user_client ON grants (user_id, client_id);
+CREATE INDEX grants_session ON grants (session_hash);
+CREATE INDEX grants_revoked ON grants (revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE INDEX grants_client ON grants (client_id);
 CREATE INDEX grants_expires ON grants (expires_at);
 CREATE TABLE codes (
@@ -85,6 +90,15 @@ CREATE TABLE server_secrets (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The revocation feed (DESIGN §4): what was revoked, by kind (grant, user, client),
+-- kept for the longest access-token lifetime and then swept.
+CREATE TABLE revocations (
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, subject)
+);
+CREATE INDEX revocations_at ON revocations (revoked_at);
 "#,
 }];
 
@@ -103,6 +117,8 @@ CREATE TABLE clients (
     first_party BIGINT NOT NULL,
     access_token_ttl BIGINT NOT NULL,
     id_token_alg TEXT NOT NULL,
+    post_logout_redirect_uris TEXT NOT NULL,
+    audiences TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
 CREATE TABLE users (
@@ -136,9 +152,12 @@ CREATE TABLE grants (
     created_at BIGINT NOT NULL,
     last_used_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
-    revoked_at BIGINT
+    revoked_at BIGINT,
+    grace_used BIGINT NOT NULL
 );
 CREATE INDEX grants_user_client ON grants (user_id, client_id);
+CREATE INDEX grants_session ON grants (session_hash);
+CREATE INDEX grants_revoked ON grants (revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE INDEX grants_client ON grants (client_id);
 CREATE INDEX grants_expires ON grants (expires_at);
 CREATE TABLE codes (
@@ -167,5 +186,14 @@ CREATE TABLE server_secrets (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The revocation feed (DESIGN §4): what was revoked, by kind (grant, user, client),
+-- kept for the longest access-token lifetime and then swept.
+CREATE TABLE revocations (
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    revoked_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, subject)
+);
+CREATE INDEX revocations_at ON revocations (revoked_at);
 "#,
 }];

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 
 use crate::migrations::{self, Migration};
-use crate::{Redemption, Result, Store, StoreError};
+use crate::{GrantFilter, Redemption, Result, Revocation, Store, StoreError, SweepReport};
 
 /// The embedded default: one SQLite file in WAL mode.
 #[derive(Clone, Debug)]
@@ -158,12 +158,12 @@ fn join<T>(items: &[T], f: impl Fn(&T) -> &str) -> String {
 
 macro_rules! client_columns {
     () => {
-        "client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, created_at"
+        "client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, created_at"
     };
 }
 macro_rules! grant_columns {
     () => {
-        "grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at"
+        "grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used"
     };
 }
 macro_rules! code_columns {
@@ -183,6 +183,9 @@ macro_rules! impl_store {
             fn client_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Client> {
                 let redirect: String = row.try_get("redirect_uris")?;
                 let redirect: Vec<String> = serde_json::from_str(&redirect).map_err(|_| corrupt("client redirect_uris"))?;
+                let post_logout: String = row.try_get("post_logout_redirect_uris")?;
+                let post_logout: Vec<String> =
+                    serde_json::from_str(&post_logout).map_err(|_| corrupt("client post_logout_redirect_uris"))?;
                 Ok(Client {
                     client_id: row.try_get("client_id")?,
                     name: row.try_get("name")?,
@@ -195,6 +198,8 @@ macro_rules! impl_store {
                     first_party: row.try_get::<i64, _>("first_party")? != 0,
                     access_token_ttl: row.try_get("access_token_ttl")?,
                     id_token_alg: Alg::parse(&row.try_get::<String, _>("id_token_alg")?).ok_or_else(|| corrupt("client id_token_alg"))?,
+                    post_logout_redirect_uris: post_logout.into_iter().map(RedirectUri::from_stored).collect(),
+                    audiences: row.try_get::<String, _>("audiences")?.split(' ').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
                     created_at: row.try_get("created_at")?,
                 })
             }
@@ -227,6 +232,7 @@ macro_rules! impl_store {
                     last_used_at: row.try_get("last_used_at")?,
                     expires_at: row.try_get("expires_at")?,
                     revoked_at: row.try_get("revoked_at")?,
+                    grace_used: row.try_get::<i64, _>("grace_used")? != 0,
                 })
             }
 
@@ -255,8 +261,10 @@ macro_rules! impl_store {
             async fn create_client(&self, c: &Client) -> Result<()> {
                 let redirect: Vec<&str> = c.redirect_uris.iter().map(RedirectUri::as_str).collect();
                 let redirect = serde_json::to_string(&redirect).map_err(|_| corrupt("client redirect_uris"))?;
+                let post_logout: Vec<&str> = c.post_logout_redirect_uris.iter().map(RedirectUri::as_str).collect();
+                let post_logout = serde_json::to_string(&post_logout).map_err(|_| corrupt("client post_logout_redirect_uris"))?;
                 sqlx::query(
-                    "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&c.client_id)
                 .bind(&c.name)
@@ -269,6 +277,8 @@ macro_rules! impl_store {
                 .bind(i64::from(c.first_party))
                 .bind(c.access_token_ttl)
                 .bind(c.id_token_alg.as_str())
+                .bind(post_logout)
+                .bind(c.audiences.join(" "))
                 .bind(c.created_at)
                 .execute(&self.pool)
                 .await
@@ -293,6 +303,13 @@ macro_rules! impl_store {
 
             async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;
+                // One feed entry for the client covers all its tokens, user and
+                // client-credentials alike (DESIGN §4).
+                sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('client', $1, $2) ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at")
+                    .bind(client_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("UPDATE grants SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
                     .bind(client_id)
                     .bind(now)
@@ -351,6 +368,11 @@ macro_rules! impl_store {
 
             async fn delete_user(&self, user_id: &str, now: i64) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;
+                sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('user', $1, $2) ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at")
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("UPDATE grants SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL")
                     .bind(user_id)
                     .bind(now)
@@ -447,7 +469,7 @@ macro_rules! impl_store {
 
             async fn insert_grant(&self, g: &Grant) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&g.grant_id)
                 .bind(&g.user_id)
@@ -462,6 +484,7 @@ macro_rules! impl_store {
                 .bind(g.last_used_at)
                 .bind(g.expires_at)
                 .bind(g.revoked_at)
+                .bind(i64::from(g.grace_used))
                 .execute(&self.pool)
                 .await
                 .map_err(conflict_or)?;
@@ -492,7 +515,7 @@ macro_rules! impl_store {
 
             async fn rotate_refresh(&self, grant_id: &str, from: i64, new_hash: &str, now: i64, expires_at: i64) -> Result<bool> {
                 let n = sqlx::query(
-                    "UPDATE grants SET refresh_generation = refresh_generation + 1, refresh_hash = $3, last_used_at = $4, expires_at = $5 WHERE grant_id = $1 AND refresh_generation = $2 AND revoked_at IS NULL",
+                    "UPDATE grants SET refresh_generation = refresh_generation + 1, refresh_hash = $3, last_used_at = $4, expires_at = $5, grace_used = 0 WHERE grant_id = $1 AND refresh_generation = $2 AND revoked_at IS NULL",
                 )
                 .bind(grant_id)
                 .bind(from)
@@ -505,14 +528,158 @@ macro_rules! impl_store {
                 Ok(n == 1)
             }
 
+            async fn use_refresh_grace(&self, grant_id: &str, generation: i64) -> Result<bool> {
+                let n = sqlx::query(
+                    "UPDATE grants SET grace_used = 1 WHERE grant_id = $1 AND refresh_generation = $2 AND grace_used = 0 AND revoked_at IS NULL",
+                )
+                .bind(grant_id)
+                .bind(generation)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
                 let n = sqlx::query("UPDATE grants SET revoked_at = $2 WHERE grant_id = $1 AND revoked_at IS NULL")
                     .bind(grant_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                if n == 1 {
+                    sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('grant', $1, $2) ON CONFLICT (kind, subject) DO NOTHING")
+                        .bind(grant_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
                 Ok(n == 1)
+            }
+
+            async fn revoke_grants(&self, f: &GrantFilter, now: i64) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO revocations (kind, subject, revoked_at) SELECT 'grant', grant_id, $4 FROM grants WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR session_hash = $3) AND revoked_at IS NULL ON CONFLICT (kind, subject) DO NOTHING",
+                )
+                .bind(&f.user_id)
+                .bind(&f.client_id)
+                .bind(&f.session_hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let n = sqlx::query(
+                    "UPDATE grants SET revoked_at = $4 WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR session_hash = $3) AND revoked_at IS NULL",
+                )
+                .bind(&f.user_id)
+                .bind(&f.client_id)
+                .bind(&f.session_hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn list_grants(&self, f: &GrantFilter, now: i64, limit: i64) -> Result<Vec<Grant>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    grant_columns!(),
+                    " FROM grants WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR session_hash = $3) AND ($4 = 0 OR (revoked_at IS NULL AND expires_at > $5)) ORDER BY created_at DESC, grant_id LIMIT $6"
+                ))
+                .bind(&f.user_id)
+                .bind(&f.client_id)
+                .bind(&f.session_hash)
+                .bind(i64::from(f.active_only))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn revocations_since(&self, since: i64, limit: i64) -> Result<Vec<Revocation>> {
+                let rows = sqlx::query(
+                    "SELECT kind, subject, revoked_at FROM revocations WHERE revoked_at >= $1 ORDER BY revoked_at, kind, subject LIMIT $2",
+                )
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok(Revocation { kind: r.try_get("kind")?, subject: r.try_get("subject")?, revoked_at: r.try_get("revoked_at")? }))
+                    .collect()
+            }
+
+            async fn sweep(&self, now: i64, horizon: i64, limit: i64) -> Result<Option<SweepReport>> {
+                let mut tx = self.pool.begin().await?;
+                if !Self::try_sweep_lock(&mut tx).await? {
+                    return Ok(None);
+                }
+                // Each statement deletes one bounded batch found through an index on the
+                // expiry column: cost grows with the batch, never with history.
+                let mut report = SweepReport::default();
+                report.codes = sqlx::query("DELETE FROM codes WHERE code_hash IN (SELECT code_hash FROM codes WHERE expires_at < $1 LIMIT $2)")
+                    .bind(now)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                report.sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE session_hash IN (SELECT session_hash FROM sessions WHERE expires_at < $1 LIMIT $2)",
+                )
+                .bind(now)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // A dead grant stays until the last access token it could have minted
+                // has expired, so introspection answers stay honest until then.
+                report.grants = sqlx::query("DELETE FROM grants WHERE grant_id IN (SELECT grant_id FROM grants WHERE expires_at < $1 LIMIT $2)")
+                    .bind(horizon)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                report.grants += sqlx::query(
+                    "DELETE FROM grants WHERE grant_id IN (SELECT grant_id FROM grants WHERE revoked_at < $1 LIMIT $2)",
+                )
+                .bind(horizon)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                report.revocations = sqlx::query(
+                    "DELETE FROM revocations WHERE (kind, subject) IN (SELECT kind, subject FROM revocations WHERE revoked_at < $1 LIMIT $2)",
+                )
+                .bind(horizon)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(Some(report))
+            }
+
+            async fn row_counts(&self) -> Result<Vec<(&'static str, i64)>> {
+                let mut out = Vec::new();
+                for (table, sql) in [
+                    ("clients", "SELECT COUNT(*) AS n FROM clients"),
+                    ("users", "SELECT COUNT(*) AS n FROM users"),
+                    ("sessions", "SELECT COUNT(*) AS n FROM sessions"),
+                    ("grants", "SELECT COUNT(*) AS n FROM grants"),
+                    ("codes", "SELECT COUNT(*) AS n FROM codes"),
+                    ("signing_keys", "SELECT COUNT(*) AS n FROM signing_keys"),
+                    ("server_secrets", "SELECT COUNT(*) AS n FROM server_secrets"),
+                    ("revocations", "SELECT COUNT(*) AS n FROM revocations"),
+                ] {
+                    let n: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.try_get("n")?;
+                    out.push((table, n));
+                }
+                Ok(out)
             }
 
             async fn insert_key(&self, k: &KeyRecord) -> Result<()> {
@@ -556,6 +723,25 @@ macro_rules! impl_store {
             }
         }
     };
+}
+
+impl SqliteStore {
+    /// SQLite has one writer at a time; the transaction itself is the lock.
+    async fn try_sweep_lock(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<bool> {
+        Ok(true)
+    }
+}
+
+impl PgStore {
+    /// A transaction-scoped advisory lock: one node sweeps, the others skip.
+    async fn try_sweep_lock(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<bool> {
+        Ok(
+            sqlx::query("SELECT pg_try_advisory_xact_lock(7439152002) AS locked")
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("locked")?,
+        )
+    }
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");

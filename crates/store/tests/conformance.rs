@@ -16,7 +16,9 @@ use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Sessio
 use latchkey_core::pkce::CodeChallenge;
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
-use latchkey_store::{PgStore, Redemption, SqliteStore, Store, StoreError};
+use latchkey_store::{
+    GrantFilter, PgStore, Redemption, SqliteStore, Store, StoreError, SweepReport,
+};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -31,6 +33,8 @@ fn client(id: &str) -> Client {
         scopes: Scope::parse("openid email").unwrap(),
         auth_methods: vec![AuthMethod::ClientSecretBasic],
         first_party: false,
+        post_logout_redirect_uris: vec![],
+        audiences: vec![],
         access_token_ttl: 300,
         id_token_alg: Alg::RS256,
         created_at: NOW,
@@ -65,6 +69,7 @@ fn grant(id: &str, user: &str, client: &str) -> Grant {
         last_used_at: NOW,
         expires_at: NOW + 3600,
         revoked_at: None,
+        grace_used: false,
     }
 }
 
@@ -92,6 +97,8 @@ async fn suite(store: Arc<dyn Store>) {
     codes(store.clone()).await;
     grants(store.clone()).await;
     keys_and_secrets(&*store).await;
+    feed_and_bulk_revocation(&*store).await;
+    sweeping(&*store).await;
 }
 
 async fn clients(s: &dyn Store) {
@@ -266,6 +273,15 @@ async fn grants(s: Arc<dyn Store>) {
     assert_eq!(wins, 1);
     assert_eq!(s.grant("g1").await.unwrap().unwrap().refresh_generation, 3);
 
+    // The grace retry of a generation can be spent once, and rotation resets it.
+    assert!(s.use_refresh_grace("g1", 3).await.unwrap());
+    assert!(!s.use_refresh_grace("g1", 3).await.unwrap());
+    assert!(
+        !s.use_refresh_grace("g1", 2).await.unwrap(),
+        "only the current generation"
+    );
+    assert!(s.grant("g1").await.unwrap().unwrap().grace_used);
+
     assert!(s.revoke_grant("g1", NOW).await.unwrap());
     assert!(
         !s.revoke_grant("g1", NOW).await.unwrap(),
@@ -307,6 +323,92 @@ async fn keys_and_secrets(s: &dyn Store) {
         ("one", "one"),
         "the first value wins on every node"
     );
+}
+
+async fn feed_and_bulk_revocation(s: &dyn Store) {
+    // g1 was revoked by `grants`; g-c2 by deleting client c2 (a client entry); u3 deleted.
+    let feed = s.revocations_since(NOW, 100).await.unwrap();
+    let has =
+        |kind: &str, subject: &str| feed.iter().any(|r| r.kind == kind && r.subject == subject);
+    assert!(has("grant", "g1"), "{feed:?}");
+    assert!(has("client", "c2"), "{feed:?}");
+    assert!(has("user", "u3"), "{feed:?}");
+    assert!(
+        s.revocations_since(NOW + 1, 100).await.unwrap().is_empty(),
+        "the cursor bounds the feed"
+    );
+
+    for (id, session) in [("ga", "sa"), ("gb", "sa"), ("gc", "sb")] {
+        let mut g = grant(id, "u1", "c1");
+        g.session_hash = Some(session.into());
+        s.insert_grant(&g).await.unwrap();
+    }
+    let by_session = GrantFilter {
+        session_hash: Some("sa".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.list_grants(&by_session, NOW, 10).await.unwrap().len(), 2);
+    assert_eq!(s.revoke_grants(&by_session, NOW + 2).await.unwrap(), 2);
+    assert_eq!(
+        s.revoke_grants(&by_session, NOW + 2).await.unwrap(),
+        0,
+        "already revoked"
+    );
+    let active = GrantFilter {
+        user_id: Some("u1".into()),
+        client_id: Some("c1".into()),
+        active_only: true,
+        ..Default::default()
+    };
+    let ids: Vec<String> = s
+        .list_grants(&active, NOW, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.grant_id)
+        .collect();
+    assert_eq!(ids, vec!["gc".to_owned()]);
+    let later = s.revocations_since(NOW + 2, 100).await.unwrap();
+    assert_eq!(
+        later.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(),
+        vec!["ga", "gb"]
+    );
+}
+
+async fn sweeping(s: &dyn Store) {
+    for i in 0..5 {
+        let mut c = code(&format!("old-{i}"));
+        c.expires_at = NOW - 1;
+        s.insert_code(&c).await.unwrap();
+    }
+    s.insert_code(&code("fresh")).await.unwrap();
+    let before = s.row_counts().await.unwrap();
+    let count = |rows: &[(&str, i64)], t: &str| rows.iter().find(|(n, _)| *n == t).unwrap().1;
+    // Batches of 2: three sweeps clear the five expired codes, the fresh one stays.
+    let mut swept = SweepReport::default();
+    for _ in 0..3 {
+        let r = s
+            .sweep(NOW, NOW - 3600, 2)
+            .await
+            .unwrap()
+            .expect("no other sweeper");
+        assert!(r.codes <= 2);
+        swept.codes += r.codes;
+    }
+    assert!(swept.codes >= 5, "{swept:?}");
+    let after = s.row_counts().await.unwrap();
+    assert_eq!(
+        count(&after, "codes"),
+        count(&before, "codes") - i64::try_from(swept.codes).unwrap()
+    );
+    assert!(matches!(
+        s.redeem_code("fresh", "gx", NOW).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    // Revoked grants and feed entries go once the horizon passes them.
+    let r = s.sweep(NOW, NOW + 10, 1000).await.unwrap().unwrap();
+    assert!(r.grants >= 3 && r.revocations >= 3, "{r:?}");
+    assert!(s.revocations_since(0, 100).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,7 +255,7 @@ async fn issue_code(
     Ok(see_other(&with_query(&req.redirect_uri, &params)))
 }
 
-fn login_page(
+pub(super) fn login_page(
     state: &AppState,
     jar: CookieJar,
     client_name: Option<&str>,
@@ -327,9 +327,14 @@ pub async fn login(
             ),
         );
     }
-    let (_, client) = match validated(&state, &form.authz).await {
-        Ok(v) => v,
-        Err(f) => return f.into_response(&state),
+    // An empty `authz` is a sign-in for the account page, not for a client.
+    let client_name = if form.authz.is_empty() {
+        None
+    } else {
+        match validated(&state, &form.authz).await {
+            Ok((_, client)) => Some(client.name),
+            Err(f) => return f.into_response(&state),
+        }
     };
     let user = match check_password(&state, &form.username, &form.password).await {
         Ok(Some(user)) => user,
@@ -338,7 +343,7 @@ pub async fn login(
             return login_page(
                 &state,
                 jar,
-                Some(&client.name),
+                client_name.as_deref(),
                 Some("Wrong username or password."),
                 &form.username,
                 &form.authz,
@@ -368,14 +373,22 @@ pub async fn login(
     }
     tracing::info!(event = "login", user_id = %user.user_id, "user signed in");
     let cookie = cookie(&state, SESSION_COOKIE, token, state.config.session_ttl);
-    let location = format!(
-        "{}{}?{}{}{}",
-        state.issuer,
-        latchkey_core::metadata::paths::AUTHORIZE,
-        form.authz,
-        LOGIN_MARK,
-        login_mark(&state, &session.session_hash, &form.authz)
-    );
+    let location = if form.authz.is_empty() {
+        format!(
+            "{}{}",
+            state.issuer,
+            latchkey_core::metadata::paths::ACCOUNT
+        )
+    } else {
+        format!(
+            "{}{}?{}{}{}",
+            state.issuer,
+            latchkey_core::metadata::paths::AUTHORIZE,
+            form.authz,
+            LOGIN_MARK,
+            login_mark(&state, &session.session_hash, &form.authz)
+        )
+    };
     (jar.add(cookie), see_other(&location)).into_response()
 }
 
@@ -490,7 +503,7 @@ pub fn cookie(
 
 /// The CSRF token for this browser: a MAC over a random cookie value (REL-08 compares
 /// it in constant time).
-fn csrf_token(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
+pub(super) fn csrf_token(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
     if let Some(c) = jar.get(CSRF_COOKIE).filter(|c| c.value().len() == 43) {
         let token = state.mac("csrf", c.value());
         return (jar, token);
@@ -500,7 +513,7 @@ fn csrf_token(state: &AppState, jar: CookieJar) -> (CookieJar, String) {
     (jar.add(cookie(state, CSRF_COOKIE, value, 24 * 3600)), token)
 }
 
-fn csrf_ok(state: &AppState, jar: &CookieJar, presented: &str) -> bool {
+pub(super) fn csrf_ok(state: &AppState, jar: &CookieJar, presented: &str) -> bool {
     jar.get(CSRF_COOKIE)
         .filter(|c| c.value().len() == 43)
         .is_some_and(|c| {

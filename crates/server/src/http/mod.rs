@@ -1,6 +1,8 @@
 //! HTTP: thin handlers that extract, call one flow function and render its outcome.
 
+pub mod account;
 pub mod authorize;
+pub mod backchannel;
 pub mod demo;
 pub mod discovery;
 pub mod pages;
@@ -113,6 +115,56 @@ pub fn json_error(err: &OAuthError) -> Response {
         );
     }
     (status, headers, axum::Json(err.to_json())).into_response()
+}
+
+/// Reads a back-channel request: a form body and the client's credentials (RFC 6749
+/// §2.3), authenticated. Used by the token, revocation and introspection endpoints.
+pub async fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<
+    (
+        latchkey_core::params::Params,
+        latchkey_core::client::Client,
+        latchkey_core::client::ClientAuthenticated,
+    ),
+    OAuthError,
+> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = latchkey_core::params::Params::parse(body)?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| OAuthError::invalid_client("malformed Authorization header"))
+        })
+        .transpose()?;
+    let presented = latchkey_core::client::PresentedCredentials::from_request(
+        authorization,
+        params.get("client_id"),
+        params.get("client_secret"),
+    )?;
+    let client = state
+        .store
+        .client(&presented.client_id)
+        .await
+        .map_err(|e| store_failure(&e))?
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    let authenticated = client.authenticate(&presented)?;
+    Ok((params, client, authenticated))
 }
 
 /// Logs a storage failure (never with secrets: store errors carry none) and returns the

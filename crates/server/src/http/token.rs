@@ -5,10 +5,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, IdTokenClaims};
-use latchkey_core::client::{Client, ClientAuthenticated, GrantType, PresentedCredentials};
+use latchkey_core::client::{Client, ClientAuthenticated, GrantType};
 use latchkey_core::jose::{Alg, at_hash};
 use latchkey_core::model::{Grant, User};
-use latchkey_core::params::Params;
 use latchkey_core::pkce::PkceVerified;
 use latchkey_core::scope::Scope;
 use latchkey_core::secret::{digest, digest_matches};
@@ -67,40 +66,7 @@ async fn exchange(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<TokenResponse, OAuthError> {
-    if !headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
-    {
-        return Err(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        ));
-    }
-    let params = Params::parse(body)?;
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| OAuthError::invalid_client("malformed Authorization header"))
-        })
-        .transpose()?;
-    let presented = PresentedCredentials::from_request(
-        authorization,
-        params.get("client_id"),
-        params.get("client_secret"),
-    )?;
-    let client = state
-        .store
-        .client(&presented.client_id)
-        .await
-        .map_err(|e| store_failure(&e))?
-        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
-    let authenticated = client.authenticate(&presented)?;
+    let (params, client, authenticated) = super::authenticate_client(state, headers, body).await?;
     let request = TokenRequest::parse(&params)?;
     if !client.allows_grant(request.grant_type()) {
         return Err(OAuthError::unauthorized_client(format!(
@@ -208,6 +174,7 @@ async fn redeem_code(
         last_used_at: now,
         expires_at: now + state.config.refresh_ttl.min(state.config.refresh_idle_ttl),
         revoked_at: None,
+        grace_used: false,
     };
     state
         .store
@@ -251,20 +218,6 @@ async fn refresh(
         ));
     }
     let current_hash = grant.refresh_hash.as_deref().ok_or_else(invalid)?;
-    if token.generation != grant.refresh_generation || !digest_matches(&token.secret, current_hash)
-    {
-        // A superseded token is proven genuine by walking the chain forward to the
-        // current one; only then is it reuse, which revokes the grant (RFC 9700 §4.14.2).
-        if is_superseded(state, &token, &grant, current_hash) {
-            state
-                .store
-                .revoke_grant(&grant.grant_id, now)
-                .await
-                .map_err(|e| store_failure(&e))?;
-            tracing::warn!(event = "refresh_reuse", grant_id = %grant.grant_id, "superseded refresh token presented; grant revoked");
-        }
-        return Err(invalid());
-    }
     // RFC 6749 §6: the requested scope must not exceed the grant.
     let scope = match scope {
         None => grant.scope.clone(),
@@ -278,51 +231,114 @@ async fn refresh(
             wanted
         }
     };
-    let next = RefreshToken {
-        grant_id: grant.grant_id.clone(),
-        generation: token.generation + 1,
-        secret: next_secret(state, &token),
-    };
-    let expires_at =
-        (grant.created_at + state.config.refresh_ttl).min(now + state.config.refresh_idle_ttl);
-    let rotated = state
-        .store
-        .rotate_refresh(
-            &grant.grant_id,
-            token.generation,
-            &digest(&next.secret),
-            now,
-            expires_at,
-        )
-        .await
-        .map_err(|e| store_failure(&e))?;
-    if !rotated {
-        // Another request rotated (or revoked) this grant between our read and write:
-        // the token we were shown is now superseded.
+    let next = successor(state, &token);
+    let is_current =
+        token.generation == grant.refresh_generation && digest_matches(&token.secret, current_hash);
+    if is_current {
+        let expires_at =
+            (grant.created_at + state.config.refresh_ttl).min(now + state.config.refresh_idle_ttl);
+        let rotated = state
+            .store
+            .rotate_refresh(
+                &grant.grant_id,
+                token.generation,
+                &digest(&next.secret),
+                now,
+                expires_at,
+            )
+            .await
+            .map_err(|e| store_failure(&e))?;
+        if !rotated {
+            // Another request rotated (or revoked) the grant between our read and our
+            // write: from here on this token is the previous generation.
+            let fresh = state
+                .store
+                .grant(&grant.grant_id)
+                .await
+                .map_err(|e| store_failure(&e))?
+                .ok_or_else(invalid)?;
+            return previous_generation(state, client, fresh, &token, next, scope).await;
+        }
+        let user = active_user(state, &grant.user_id).await?;
+        let narrowed = Grant { scope, ..grant };
+        return mint(
+            state,
+            client,
+            &narrowed,
+            &user,
+            Some(next.encode()),
+            None,
+            false,
+        );
+    }
+    previous_generation(state, client, grant, &token, next, scope).await
+}
+
+/// A refresh token that is not the current one. If it is the generation just before
+/// the current one, within the grace window, and the grace retry is unspent, the client
+/// lost the answer to its refresh and retries: it gets the same successor again
+/// (REL-02). A genuine older token is reuse and revokes the grant (RFC 9700 §4.14.2).
+/// Anything else is merely invalid.
+async fn previous_generation(
+    state: &AppState,
+    client: &Client,
+    grant: Grant,
+    token: &RefreshToken,
+    next: RefreshToken,
+    scope: Scope,
+) -> Result<TokenResponse, OAuthError> {
+    let now = state.now();
+    let invalid = || OAuthError::invalid_grant("the refresh token is not valid");
+    if !grant.is_active(UnixTime(now)) {
+        return Err(OAuthError::invalid_grant(
+            "the grant was revoked or has expired",
+        ));
+    }
+    let current_hash = grant.refresh_hash.as_deref().ok_or_else(invalid)?;
+    let is_previous = token.generation + 1 == grant.refresh_generation
+        && digest_matches(&next.secret, current_hash);
+    if is_previous
+        && state.config.refresh_grace_seconds > 0
+        && now - grant.last_used_at <= state.config.refresh_grace_seconds
+        && state
+            .store
+            .use_refresh_grace(&grant.grant_id, grant.refresh_generation)
+            .await
+            .map_err(|e| store_failure(&e))?
+    {
+        tracing::info!(event = "refresh_grace_retry", grant_id = %grant.grant_id, "refresh retried within the grace window");
+        let user = active_user(state, &grant.user_id).await?;
+        let narrowed = Grant { scope, ..grant };
+        return mint(
+            state,
+            client,
+            &narrowed,
+            &user,
+            Some(next.encode()),
+            None,
+            false,
+        );
+    }
+    if is_previous || is_superseded(state, token, &grant, current_hash) {
         state
             .store
             .revoke_grant(&grant.grant_id, now)
             .await
             .map_err(|e| store_failure(&e))?;
-        return Err(invalid());
+        tracing::warn!(event = "refresh_reuse", grant_id = %grant.grant_id, "superseded refresh token presented; grant revoked");
     }
-    let user = active_user(state, &grant.user_id).await?;
-    let narrowed = Grant { scope, ..grant };
-    mint(
-        state,
-        client,
-        &narrowed,
-        &user,
-        Some(next.encode()),
-        None,
-        false,
-    )
+    Err(invalid())
 }
 
-/// The refresh secret chain: each generation's secret is a MAC of the previous one, so
-/// an old token can be recognised without storing it.
-fn next_secret(state: &AppState, token: &RefreshToken) -> String {
-    state.mac("refresh", &token.encode())
+/// The refresh secret chain: each generation's secret is a MAC of the previous token,
+/// so an old token can be recognised, and its successor recomputed, without storing
+/// either. A database dump holds only the digest of the current secret.
+fn successor(state: &AppState, token: &RefreshToken) -> RefreshToken {
+    RefreshToken {
+        grant_id: token.grant_id.clone(),
+        generation: token.generation + 1,
+        secret: state.mac("refresh", &token.encode()),
+    }
 }
 
 fn is_superseded(
@@ -337,11 +353,7 @@ fn is_superseded(
     }
     let mut t = token.clone();
     for _ in 0..distance {
-        t = RefreshToken {
-            secret: next_secret(state, &t),
-            generation: t.generation + 1,
-            grant_id: t.grant_id,
-        };
+        t = successor(state, &t);
     }
     digest_matches(&t.secret, current_hash)
 }
@@ -368,7 +380,7 @@ fn client_credentials(
         client_id: client.client_id.clone(),
         scope: scope.to_string(),
         iat: now,
-        exp: now + client.access_token_ttl,
+        exp: now + access_ttl(state, client),
         jti: state.random_token()?,
         gid: None,
         auth_time: None,
@@ -377,7 +389,7 @@ fn client_credentials(
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in: client.access_token_ttl,
+        expires_in: access_ttl(state, client),
         scope: claims.scope,
         refresh_token: None,
         id_token: None,
@@ -403,7 +415,7 @@ fn mint(
         client_id: client.client_id.clone(),
         scope: scope.clone(),
         iat: now,
-        exp: now + client.access_token_ttl,
+        exp: now + access_ttl(state, client),
         jti: state.random_token()?,
         gid: Some(grant.grant_id.clone()),
         auth_time: Some(grant.auth_time),
@@ -434,7 +446,7 @@ fn mint(
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
-        expires_in: client.access_token_ttl,
+        expires_in: access_ttl(state, client),
         scope,
         refresh_token,
         id_token,
@@ -474,4 +486,35 @@ fn new_grant_id(state: &AppState) -> Result<String, OAuthError> {
     aws_lc_rs::rand::SecureRandom::fill(&state.rng, &mut bytes)
         .map_err(|_| OAuthError::server_error())?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Where a presented refresh token stands in its grant's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefreshStanding {
+    Current,
+    Superseded,
+    Unknown,
+}
+
+pub(super) fn refresh_standing(
+    state: &AppState,
+    token: &RefreshToken,
+    grant: &Grant,
+) -> RefreshStanding {
+    let Some(current_hash) = grant.refresh_hash.as_deref() else {
+        return RefreshStanding::Unknown;
+    };
+    if token.generation == grant.refresh_generation && digest_matches(&token.secret, current_hash) {
+        RefreshStanding::Current
+    } else if is_superseded(state, token, grant, current_hash) {
+        RefreshStanding::Superseded
+    } else {
+        RefreshStanding::Unknown
+    }
+}
+
+/// A client's access-token lifetime, never above the server's, which bounds the
+/// revocation feed window.
+fn access_ttl(state: &AppState, client: &Client) -> i64 {
+    client.access_token_ttl.min(state.config.access_token_ttl)
 }

@@ -59,7 +59,8 @@ fn is_invalid_grant<RE: std::error::Error>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_flow_with_openidconnect_crate() {
-    let server = TestServer::start();
+    // No refresh grace window: the old refresh token must be refused at once.
+    let server = TestServer::start_with(&[("LATCHKEY_REFRESH_GRACE_SECONDS", "0")]);
     let user_id = server.create_user("alice", "alice@example.com", "Alice Liddell");
     let app = server.create_client("Happy App", &[]);
     let http = library_http();

@@ -148,7 +148,9 @@ async fn reused_code_is_invalid_grant_and_revokes_the_first_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_refresh_token_revokes_the_grant() {
-    let (server, app) = setup();
+    let server = TestServer::start_with(&[("LATCHKEY_REFRESH_GRACE_SECONDS", "0")]);
+    server.create_user("alice", "alice@example.com", "Alice Liddell");
+    let app = server.create_client("App", &[]);
     let browser = Browser::new(&server.issuer);
     let (code, req) = first_code(&server, &browser, &app, "alice").await;
     let rt1 = redeem(&server.issuer, &app, &code, &req.verifier)

@@ -49,6 +49,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `LATCHKEY_*` settings in its environment.
+    pub fn start_with(env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("server.log");
@@ -60,6 +65,7 @@ impl TestServer {
             .args(["--listen", "127.0.0.1:0"])
             // Plain log lines in the file we print when a test fails.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
