@@ -55,6 +55,8 @@ pub struct AuthorizationRequest {
     pub prompt: Prompt,
     pub max_age: Option<i64>,
     pub id_token_hint: Option<String>,
+    /// RFC 8707 resource indicator: the API the tokens are for.
+    pub resource: Option<String>,
 }
 
 impl AuthorizationRequest {
@@ -155,6 +157,9 @@ pub fn validate(
         params.get("code_challenge_method"),
     )
     .map_err(redirect)?;
+    let resource = client
+        .permitted_resource(params.get("resource"))
+        .map_err(redirect)?;
     let prompt = Prompt::parse(params.get("prompt")).map_err(redirect)?;
     let max_age = match params.get("max_age") {
         None => None,
@@ -174,6 +179,7 @@ pub fn validate(
         prompt,
         max_age,
         id_token_hint: params.get("id_token_hint").map(str::to_owned),
+        resource,
     })
 }
 
@@ -250,6 +256,7 @@ mod tests {
             first_party: false,
             post_logout_redirect_uris: vec![],
             audiences: vec![],
+            resources: vec![],
             access_token_ttl: 300,
             id_token_alg: Alg::RS256,
             created_at: 0,

@@ -109,6 +109,9 @@ pub struct Client {
     /// Audiences this client serves as a resource server: it may introspect tokens
     /// issued for them and read the revocation feed.
     pub audiences: Vec<String>,
+    /// Resource indicators (RFC 8707) this client may request tokens for; each becomes
+    /// the `aud` of such tokens.
+    pub resources: Vec<String>,
     pub access_token_ttl: i64,
     pub id_token_alg: Alg,
     pub created_at: i64,
@@ -139,6 +142,24 @@ impl Client {
             )));
         }
         Ok(scope)
+    }
+
+    /// Checks a `resource` parameter (RFC 8707 §2): an absolute URI without a fragment,
+    /// registered for this client. `None` stays `None` (the default audience applies).
+    pub fn permitted_resource(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<Option<String>, OAuthError> {
+        let Some(r) = requested else { return Ok(None) };
+        let err = |d: &str| OAuthError::new(crate::ErrorCode::InvalidTarget, d);
+        let absolute = url::Url::parse(r).is_ok_and(|u| !u.cannot_be_a_base());
+        if !absolute || r.contains('#') {
+            return Err(err("resource must be an absolute URI without a fragment"));
+        }
+        if !self.resources.iter().any(|x| x == r) {
+            return Err(err("this client may not request tokens for that resource"));
+        }
+        Ok(Some(r.to_owned()))
     }
 
     /// Authenticates the client with what it presented (RFC 6749 §2.3.1, OIDC Core §9).
@@ -295,6 +316,7 @@ mod tests {
             first_party: false,
             post_logout_redirect_uris: vec![],
             audiences: vec![],
+            resources: vec!["https://api.example.com".into()],
             access_token_ttl: 300,
             id_token_alg: Alg::RS256,
             created_at: 0,
@@ -346,6 +368,31 @@ mod tests {
         assert_eq!(secret, "a:b c");
         assert!(parse_basic("Bearer x").is_err());
         assert!(parse_basic("Basic !!!").is_err());
+    }
+
+    #[test]
+    fn resources_are_limited_to_the_client() {
+        let c = client(ClientKind::Confidential);
+        assert_eq!(c.permitted_resource(None).unwrap(), None);
+        assert_eq!(
+            c.permitted_resource(Some("https://api.example.com"))
+                .unwrap()
+                .as_deref(),
+            Some("https://api.example.com")
+        );
+        for bad in [
+            "https://other.example.com",
+            "https://api.example.com/",
+            "https://api.example.com#x",
+            "api",
+            "urn:x",
+        ] {
+            assert_eq!(
+                c.permitted_resource(Some(bad)).unwrap_err().code,
+                crate::ErrorCode::InvalidTarget,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -13,12 +13,14 @@ pub mod claims;
 pub mod client;
 pub mod error;
 pub mod jose;
+pub mod keys;
 pub mod metadata;
 pub mod model;
 pub mod params;
 pub mod pkce;
 pub mod redirect_uri;
 pub mod scope;
+pub mod seal;
 pub mod secret;
 pub mod token;
 

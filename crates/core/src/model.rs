@@ -44,6 +44,8 @@ pub struct Grant {
     pub auth_time: i64,
     pub session_hash: Option<String>,
     pub nonce: Option<String>,
+    /// The `aud` of the grant's access tokens (RFC 8707); `None` is the default audience.
+    pub audience: Option<String>,
     /// Generation of the current refresh token; 0 when none was issued.
     pub refresh_generation: i64,
     /// Digest of the current refresh token's secret.
@@ -77,10 +79,11 @@ pub struct AuthorizationCode {
     pub code_challenge: CodeChallenge,
     pub auth_time: i64,
     pub expires_at: i64,
+    pub resource: Option<String>,
 }
 
 /// A signing key's place in its life (DESIGN §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyState {
     Next,
     Active,
@@ -113,7 +116,7 @@ impl KeyState {
     }
 }
 
-/// A stored signing key: the private part as PKCS#8.
+/// A stored signing key. The private part is PKCS#8, sealed under the master key.
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub kid: String,
@@ -121,4 +124,6 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub private_pkcs8: Vec<u8>,
     pub created_at: i64,
+    /// When the key entered its current state.
+    pub state_since: i64,
 }

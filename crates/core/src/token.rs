@@ -14,13 +14,16 @@ pub enum TokenRequest {
         code: String,
         redirect_uri: Option<String>,
         code_verifier: Option<String>,
+        resource: Option<String>,
     },
     RefreshToken {
         refresh_token: String,
         scope: Option<String>,
+        resource: Option<String>,
     },
     ClientCredentials {
         scope: Option<String>,
+        resource: Option<String>,
     },
 }
 
@@ -32,13 +35,16 @@ impl TokenRequest {
                 code: params.required("code")?.to_owned(),
                 redirect_uri: owned("redirect_uri"),
                 code_verifier: owned("code_verifier"),
+                resource: owned("resource"),
             }),
             "refresh_token" => Ok(TokenRequest::RefreshToken {
                 refresh_token: params.required("refresh_token")?.to_owned(),
                 scope: owned("scope"),
+                resource: owned("resource"),
             }),
             "client_credentials" => Ok(TokenRequest::ClientCredentials {
                 scope: owned("scope"),
+                resource: owned("resource"),
             }),
             // RFC 9700 §2.4: no password grant; no implicit (it is not a token grant anyway).
             other => Err(OAuthError::new(

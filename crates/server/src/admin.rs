@@ -20,6 +20,8 @@ pub struct NewClient {
     pub post_logout_redirect_uris: Vec<String>,
     /// Audiences this client serves as a resource server.
     pub audiences: Vec<String>,
+    /// Resource indicators (RFC 8707) this client may request tokens for.
+    pub resources: Vec<String>,
 }
 
 pub struct CreatedClient {
@@ -52,6 +54,14 @@ pub async fn create_client(
         if a.is_empty() || a.len() > 512 || a.contains(char::is_whitespace) {
             return Err(format!(
                 "--serves-audience {a}: an audience is a non-empty string without spaces"
+            ));
+        }
+    }
+    for r in &new.resources {
+        let ok = url::Url::parse(r).is_ok_and(|u| !u.cannot_be_a_base()) && !r.contains('#');
+        if !ok {
+            return Err(format!(
+                "--resource {r}: a resource indicator is an absolute URI without a fragment (RFC 8707)"
             ));
         }
     }
@@ -98,6 +108,7 @@ pub async fn create_client(
         first_party: new.first_party,
         post_logout_redirect_uris,
         audiences: new.audiences,
+        resources: new.resources,
         access_token_ttl: 300,
         id_token_alg: Alg::RS256,
         created_at: now,

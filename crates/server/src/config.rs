@@ -39,6 +39,19 @@ pub struct Config {
     pub logout_revokes_grants: bool,
     /// How often (seconds) a node tries to sweep expired rows.
     pub sweep_interval: i64,
+    /// A file holding the master key (32 bytes, base64url or hex). The environment
+    /// variable LATCHKEY_MASTER_KEY takes precedence. Without either, the embedded store
+    /// uses `<data_dir>/master.key`, generated on first start with mode 0600.
+    pub master_key_file: Option<PathBuf>,
+    /// How long a signing key signs before its successor takes over (30 days).
+    pub key_rotation_interval: i64,
+    /// `Cache-Control: max-age` of the JWKS; a new key is published at least this long
+    /// (plus `key_check_interval`) before it signs.
+    pub jwks_max_age: i64,
+    /// How often a node reloads the keys and runs the rotation schedule.
+    pub key_check_interval: i64,
+    /// Algorithm of access tokens: EdDSA (default), ES256 or RS256.
+    pub access_token_alg: String,
 }
 
 /// The settings' names, as TOML keys and (upper-cased, with `LATCHKEY_`) variables.
@@ -57,6 +70,11 @@ const FIELDS: &[&str] = &[
     "refresh_grace_seconds",
     "logout_revokes_grants",
     "sweep_interval",
+    "master_key_file",
+    "key_rotation_interval",
+    "jwks_max_age",
+    "key_check_interval",
+    "access_token_alg",
 ];
 
 impl Default for Config {
@@ -76,6 +94,11 @@ impl Default for Config {
             refresh_grace_seconds: 5,
             logout_revokes_grants: false,
             sweep_interval: 60,
+            master_key_file: None,
+            key_rotation_interval: 30 * 24 * 3600,
+            jwks_max_age: 300,
+            key_check_interval: 30,
+            access_token_alg: "EdDSA".to_owned(),
         }
     }
 }
@@ -123,10 +146,22 @@ impl Config {
             ("refresh_ttl", self.refresh_ttl),
             ("refresh_idle_ttl", self.refresh_idle_ttl),
             ("sweep_interval", self.sweep_interval),
+            ("key_rotation_interval", self.key_rotation_interval),
+            ("jwks_max_age", self.jwks_max_age),
+            ("key_check_interval", self.key_check_interval),
         ] {
             if v <= 0 {
                 return Err(format!("{name} must be a positive number of seconds"));
             }
+        }
+        if latchkey_core::jose::Alg::parse(&self.access_token_alg).is_none() {
+            return Err("access_token_alg must be EdDSA, ES256 or RS256".to_owned());
+        }
+        if self.key_rotation_interval <= 2 * self.prepublish() {
+            return Err(
+                "key_rotation_interval must be more than twice jwks_max_age + key_check_interval"
+                    .to_owned(),
+            );
         }
         if !(0..=300).contains(&self.refresh_grace_seconds) {
             return Err("refresh_grace_seconds must be between 0 and 300".to_owned());
@@ -135,6 +170,32 @@ impl Config {
             return Err("code_ttl must be at most 600 seconds (RFC 6749 §4.1.2)".to_owned());
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// How long a new key is published before it signs: every verifier's JWKS cache and
+    /// every node's key ring have turned over by then.
+    pub fn prepublish(&self) -> i64 {
+        self.jwks_max_age + self.key_check_interval
+    }
+
+    /// The rotation schedule (REL-03).
+    pub fn key_policy(&self) -> latchkey_core::keys::KeyPolicy {
+        latchkey_core::keys::KeyPolicy {
+            rotation_interval: self.key_rotation_interval,
+            prepublish: self.prepublish(),
+            // The longest token a key signed, plus leeway, plus a JWKS cache lifetime and
+            // a ring reload.
+            retire_after: self.access_token_ttl.max(self.id_token_ttl)
+                + latchkey_core::claims::LEEWAY_SECONDS
+                + self.prepublish(),
+        }
+    }
+
+    pub fn access_token_alg(&self) -> latchkey_core::jose::Alg {
+        latchkey_core::jose::Alg::parse(&self.access_token_alg)
+            .unwrap_or(latchkey_core::jose::Alg::EdDSA)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::state::{AppState, Inner};
+use latchkey_core::seal::MasterKey;
 
 /// Opens the configured store: PostgreSQL when `database_url` is set, otherwise the
 /// SQLite file in the data directory (created on first use). Migrations run here.
@@ -68,7 +69,81 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))
 }
 
-/// Builds the shared state: loads (or creates) signing keys and the server MAC key.
+/// Finds the master key: `LATCHKEY_MASTER_KEY`, then `master_key_file`, then (embedded
+/// store only) `<data_dir>/master.key`, generated on first start. A missing key is
+/// never silently replaced while sealed keys exist.
+pub async fn load_master_key(
+    config: &Config,
+    store: &dyn Store,
+) -> Result<(MasterKey, Vec<String>), String> {
+    if let Ok(v) = std::env::var("LATCHKEY_MASTER_KEY") {
+        return Ok((
+            MasterKey::parse(&v).map_err(|e| format!("LATCHKEY_MASTER_KEY: {e}"))?,
+            vec![],
+        ));
+    }
+    if let Some(file) = &config.master_key_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("master_key_file {}: {e}", file.display()))?;
+        return Ok((
+            MasterKey::parse(&text)
+                .map_err(|e| format!("master_key_file {}: {e}", file.display()))?,
+            vec![],
+        ));
+    }
+    if config.database_url.is_some() {
+        return Err("nodes on PostgreSQL share their signing keys: set LATCHKEY_MASTER_KEY or master_key_file, the same on every node".into());
+    }
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok((
+            MasterKey::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+            vec![],
+        ));
+    }
+    let sealed_exists = !store.keys().await.map_err(|e| e.to_string())?.is_empty();
+    if sealed_exists {
+        return Err(format!(
+            "the master key file {} is missing, but the database holds signing keys sealed with it; restore the file or set LATCHKEY_MASTER_KEY",
+            path.display()
+        ));
+    }
+    let text = MasterKey::generate_text(&SystemRandom::new()).map_err(|e| e.to_string())?;
+    write_private_file(&path, &text)?;
+    let key = MasterKey::parse(&text).map_err(|e| e.to_string())?;
+    Ok((
+        key,
+        vec![format!(
+            "created master key {} (mode 0600): back it up; the signing keys cannot be opened without it",
+            path.display()
+        )],
+    ))
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &std::path::Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Builds the shared state: opens the master key, checks it against the stored keys
+/// (before anything is written), creates the first keys and the server MAC key.
 pub async fn build_state(
     config: Config,
     store: Arc<dyn Store>,
@@ -76,21 +151,14 @@ pub async fn build_state(
     demo: Option<http::demo::DemoClient>,
 ) -> Result<(AppState, Vec<String>), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let now = clock.now().0;
-    let (keys, created) = KeyRing::load_or_create(store.as_ref(), now)
-        .await
-        .map_err(|e| format!("signing keys: {e}"))?;
-    let notes = created
-        .iter()
-        .map(|kid| format!("created signing key {kid}"))
-        .collect();
+    let (master, mut notes) = load_master_key(&config, store.as_ref()).await?;
+    let master = Arc::new(master);
+    // A wrong master key fails here, before any write.
+    KeyRing::from_records(&store.keys().await.map_err(|e| e.to_string())?, &master)
+        .map_err(|e| e.to_string())?;
     let rng = SystemRandom::new();
-    let fresh =
-        latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed".to_owned())?;
-    let mac_key = store
-        .server_secret("mac_key", &fresh)
-        .await
-        .map_err(|e| format!("server secret: {e}"))?;
+    let mac_key = mac_key(store.as_ref(), &master, &rng).await?;
+    let ring = bootstrap_keys(store.as_ref(), &master, &config, clock.as_ref(), &mut notes).await?;
     let dummy =
         latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed".to_owned())?;
     let dummy_password_hash = password::hash(&dummy, &rng)?;
@@ -99,8 +167,9 @@ pub async fn build_state(
         store,
         config,
         issuer,
-        keys,
-        mac_key: mac_key.into_bytes(),
+        keyring: std::sync::RwLock::new(Arc::new(ring)),
+        master,
+        mac_key,
         clock,
         rng,
         dummy_password_hash,
@@ -108,6 +177,102 @@ pub async fn build_state(
         demo,
     }));
     Ok((state, notes))
+}
+
+/// The server-wide MAC key, sealed in the store; every node gets the same one.
+async fn mac_key(
+    store: &dyn Store,
+    master: &MasterKey,
+    rng: &SystemRandom,
+) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    const NAME: &str = "server_secret:mac_key";
+    let mut fresh = [0u8; 32];
+    aws_lc_rs::rand::SecureRandom::fill(rng, &mut fresh).map_err(|_| "random source failed")?;
+    let sealed = master.seal(NAME, &fresh, rng).map_err(|e| e.to_string())?;
+    let stored = store
+        .server_secret("mac_key", &URL_SAFE_NO_PAD.encode(sealed))
+        .await
+        .map_err(|e| format!("server secret: {e}"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(stored)
+        .map_err(|_| "the stored MAC key is corrupt".to_owned())?;
+    master.open(NAME, &bytes).map_err(|_| "the master key does not open the stored server secret: this is not the master key the data was sealed with".to_owned())
+}
+
+/// Runs the key schedule once (creating the first keys on a new store) and loads the
+/// ring. If another node holds the key lock, waits for it.
+async fn bootstrap_keys(
+    store: &dyn Store,
+    master: &Arc<MasterKey>,
+    config: &Config,
+    clock: &dyn Clock,
+    notes: &mut Vec<String>,
+) -> Result<KeyRing, String> {
+    for _ in 0..150 {
+        let now = clock.now().0;
+        if let Some(writes) = keys::maintain(store, master, config.key_policy(), now)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            for w in writes {
+                if let latchkey_store::KeyWrite::Insert(k) = w {
+                    notes.push(format!(
+                        "created signing key {} ({})",
+                        k.kid,
+                        k.alg.as_str()
+                    ));
+                }
+            }
+        }
+        let ring = KeyRing::from_records(&store.keys().await.map_err(|e| e.to_string())?, master)
+            .map_err(|e| e.to_string())?;
+        if latchkey_core::jose::Alg::ALL
+            .iter()
+            .all(|a| ring.signer(*a).is_some())
+        {
+            return Ok(ring);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err("no active signing keys after 30 s: another node holds the key lock".into())
+}
+
+/// Every `key_check_interval`: carry out the rotation schedule (one node at a time) and
+/// reload the ring when the keys changed, so every node signs with the active key and
+/// publishes every live one.
+async fn key_keeper(state: AppState) {
+    let period = std::time::Duration::from_secs(
+        u64::try_from(state.config.key_check_interval).unwrap_or(30),
+    );
+    loop {
+        tokio::time::sleep(period).await;
+        let now = state.now();
+        if let Err(e) = keys::maintain(
+            state.store.as_ref(),
+            &state.master,
+            state.config.key_policy(),
+            now,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "key rotation check failed");
+        }
+        match state.store.keys().await {
+            Ok(records) if !state.keys().same_keys(&records) => {
+                match KeyRing::from_records(&records, &state.master) {
+                    Ok(ring) => {
+                        tracing::info!(keys = records.len(), "signing keys changed; reloaded");
+                        state.set_keys(ring);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot load the signing keys"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the signing keys"),
+        }
+    }
 }
 
 /// Binds the listen address and returns the listener with the issuer it implies.
@@ -126,6 +291,7 @@ pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, String), 
 /// Serves until SIGTERM or Ctrl-C, then finishes the requests in flight.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> Result<(), String> {
     tokio::spawn(sweeper(state.clone()));
+    tokio::spawn(key_keeper(state.clone()));
     let app = http::app(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

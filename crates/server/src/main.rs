@@ -44,6 +44,37 @@ enum Command {
     /// Inspect and revoke grants (one user's authorization of one client).
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// Signing keys: list, rotate, revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate: publish a new key that takes over after the pre-publication window, or
+    /// with --now, signs at once (an emergency; the old key stays published).
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// EdDSA, ES256 or RS256 (default: all).
+        #[arg(long)]
+        alg: Option<String>,
+        #[arg(long)]
+        now: bool,
+    },
+    /// Revoke a compromised key: removed from the JWKS at once, its tokens stop
+    /// verifying; a signing key is replaced.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +171,10 @@ enum ClientCommand {
         /// AUD and read the revocation feed (repeatable).
         #[arg(long = "serves-audience")]
         audiences: Vec<String>,
+        /// An API (RFC 8707 resource indicator) this client may request tokens for; such
+        /// tokens carry it as `aud` (repeatable).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -234,6 +269,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Client(c) => client_command(c).await,
         Command::User(u) => user_command(u).await,
         Command::Grant(g) => grant_command(g).await,
+        Command::Keys(k) => keys_command(k).await,
     }
 }
 
@@ -295,6 +331,7 @@ async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
             first_party: false,
             post_logout_redirect_uris: vec![format!("{issuer}/demo")],
             audiences: vec![],
+            resources: vec![],
         },
         now(),
     )
@@ -335,6 +372,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             first_party,
             post_logout_redirect_uris,
             audiences,
+            resources,
             json,
         } => {
             let (store, _) = open_store(&store.config(None, None)?).await?;
@@ -349,6 +387,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
                     first_party,
                     post_logout_redirect_uris,
                     audiences,
+                    resources,
                 },
                 now(),
             )
@@ -576,6 +615,109 @@ async fn grant_command(g: GrantCommand) -> Result<(), String> {
                         .await
                         .map_err(|e| e.to_string())?;
                     println!("revoked grant {grant_id}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn keys_command(k: KeysCommand) -> Result<(), String> {
+    use latchkey_server::keys;
+    match k {
+        KeysCommand::List { store, json } => {
+            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let records = store.keys().await.map_err(|e| e.to_string())?;
+            if json {
+                let list: Vec<_> = records
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "kid": k.kid,
+                            "alg": k.alg.as_str(),
+                            "state": k.state.as_str(),
+                            "published": k.state.is_published(),
+                            "created_at": k.created_at,
+                            "state_since": k.state_since,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for k in records {
+                    println!(
+                        "{}\t{}\t{}\tsince {}",
+                        k.kid,
+                        k.alg.as_str(),
+                        k.state.as_str(),
+                        k.state_since
+                    );
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate {
+            store,
+            alg,
+            now: immediately,
+        } => {
+            let config = store.config(None, None)?;
+            let (store, _) = open_store(&config).await?;
+            let (master, _) = latchkey_server::load_master_key(&config, store.as_ref()).await?;
+            let algs =
+                match alg {
+                    Some(a) => vec![latchkey_core::jose::Alg::parse(&a).ok_or_else(|| {
+                        format!("unknown algorithm {a}; use EdDSA, ES256 or RS256")
+                    })?],
+                    None => latchkey_core::jose::Alg::ALL.to_vec(),
+                };
+            let writes = keys::rotate(
+                store.as_ref(),
+                &std::sync::Arc::new(master),
+                &algs,
+                immediately,
+                now(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            for w in writes {
+                if let latchkey_store::KeyWrite::Insert(k) = w {
+                    if immediately {
+                        println!(
+                            "{} ({}) signs now; the previous key stays published until its tokens expire",
+                            k.kid,
+                            k.alg.as_str()
+                        );
+                    } else {
+                        println!(
+                            "{} ({}) is published and takes over after {} s",
+                            k.kid,
+                            k.alg.as_str(),
+                            config.prepublish()
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { store, kid } => {
+            let config = store.config(None, None)?;
+            let (store, _) = open_store(&config).await?;
+            let (master, _) = latchkey_server::load_master_key(&config, store.as_ref()).await?;
+            match keys::revoke(store.as_ref(), &std::sync::Arc::new(master), &kid, now())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Err(format!("no key {kid}")),
+                Some(writes) => {
+                    println!(
+                        "revoked {kid}: removed from the JWKS; servers drop it within key_check_interval, and verifiers following the feed at once"
+                    );
+                    for w in writes {
+                        if let latchkey_store::KeyWrite::Insert(k) = w {
+                            println!("{} ({}) signs in its place", k.kid, k.alg.as_str());
+                        }
+                    }
                     Ok(())
                 }
             }

@@ -17,7 +17,9 @@ pub struct Inner {
     pub config: Config,
     /// The issuer identifier, without a trailing slash.
     pub issuer: String,
-    pub keys: KeyRing,
+    /// The signing keys, swapped when a node reloads them.
+    pub keyring: std::sync::RwLock<Arc<KeyRing>>,
+    pub master: Arc<latchkey_core::seal::MasterKey>,
     /// Server-wide MAC key (shared by all nodes through the store): CSRF tokens,
     /// login markers and the refresh-token chain.
     pub mac_key: Vec<u8>,
@@ -40,6 +42,21 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The current key ring (cheap: clones an `Arc`).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        match self.keyring.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_keys(&self, ring: KeyRing) {
+        match self.keyring.write() {
+            Ok(mut g) => *g = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now().0
     }

@@ -12,7 +12,7 @@ mod sql;
 
 use async_trait::async_trait;
 use latchkey_core::client::Client;
-use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, Session, User};
+use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Session, User};
 
 pub use sql::{PgStore, SqliteStore};
 
@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A unique key already exists (a username or client id).
     #[error("already exists")]
     Conflict,
+    /// A planner refused to go on.
+    #[error("{0}")]
+    Plan(String),
     /// A stored value could not be read back (a corrupt or foreign row).
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
@@ -42,6 +45,25 @@ pub enum Redemption {
     },
     NotFound,
 }
+
+/// A change to the signing keys, as [`Store::maintain_keys`] applies it.
+#[derive(Debug, Clone)]
+pub enum KeyWrite {
+    Insert(KeyRecord),
+    Transition {
+        kid: String,
+        from: KeyState,
+        to: KeyState,
+    },
+    /// Unpublish at once (a compromised key) and enter it in the revocation feed.
+    Revoke {
+        kid: String,
+    },
+}
+
+/// Decides the key changes from the current keys (see `latchkey_core::keys::plan`).
+pub type KeyPlanner =
+    dyn Fn(&[KeyRecord]) -> std::result::Result<Vec<KeyWrite>, String> + Send + Sync;
 
 /// Which grants an operation applies to; all set fields must match.
 #[derive(Debug, Clone, Default)]
@@ -150,7 +172,12 @@ pub trait Store: Send + Sync + 'static {
 
     // Signing keys
     async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    /// Every key, oldest first.
     async fn keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Under the key lock (one node at a time), reads the keys, asks `plan` what to
+    /// change, and applies it in the same transaction. `None` when another node holds
+    /// the lock. A transition applies only if the key is still in its `from` state.
+    async fn maintain_keys(&self, plan: &KeyPlanner, now: i64) -> Result<Option<Vec<KeyWrite>>>;
 
     /// A server-wide secret by name, created from `fresh` if it does not exist yet; every
     /// node gets the same value.

@@ -23,6 +23,7 @@ CREATE TABLE clients (
     id_token_alg TEXT NOT NULL,
     post_logout_redirect_uris TEXT NOT NULL,
     audiences TEXT NOT NULL,
+    resources TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE users (
@@ -51,6 +52,7 @@ CREATE TABLE grants (
     auth_time INTEGER NOT NULL,
     session_hash TEXT,
     nonce TEXT,
+    audience TEXT,
     refresh_generation INTEGER NOT NULL,
     refresh_hash TEXT,
     created_at INTEGER NOT NULL,
@@ -73,6 +75,7 @@ CREATE TABLE codes (
     scope TEXT NOT NULL,
     nonce TEXT,
     code_challenge TEXT NOT NULL,
+    resource TEXT,
     auth_time INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     redeemed_at INTEGER,
@@ -84,7 +87,8 @@ CREATE TABLE signing_keys (
     alg TEXT NOT NULL,
     state TEXT NOT NULL,
     private_pkcs8 BLOB NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    state_since INTEGER NOT NULL
 );
 CREATE TABLE server_secrets (
     name TEXT PRIMARY KEY,
@@ -119,6 +123,7 @@ CREATE TABLE clients (
     id_token_alg TEXT NOT NULL,
     post_logout_redirect_uris TEXT NOT NULL,
     audiences TEXT NOT NULL,
+    resources TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
 CREATE TABLE users (
@@ -147,6 +152,7 @@ CREATE TABLE grants (
     auth_time BIGINT NOT NULL,
     session_hash TEXT,
     nonce TEXT,
+    audience TEXT,
     refresh_generation BIGINT NOT NULL,
     refresh_hash TEXT,
     created_at BIGINT NOT NULL,
@@ -169,6 +175,7 @@ CREATE TABLE codes (
     scope TEXT NOT NULL,
     nonce TEXT,
     code_challenge TEXT NOT NULL,
+    resource TEXT,
     auth_time BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
     redeemed_at BIGINT,
@@ -180,7 +187,8 @@ CREATE TABLE signing_keys (
     alg TEXT NOT NULL,
     state TEXT NOT NULL,
     private_pkcs8 BYTEA NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    state_since BIGINT NOT NULL
 );
 CREATE TABLE server_secrets (
     name TEXT PRIMARY KEY,

@@ -20,7 +20,10 @@ use sqlx::sqlite::{
 };
 
 use crate::migrations::{self, Migration};
-use crate::{GrantFilter, Redemption, Result, Revocation, Store, StoreError, SweepReport};
+use crate::{
+    GrantFilter, KeyPlanner, KeyWrite, Redemption, Result, Revocation, Store, StoreError,
+    SweepReport,
+};
 
 /// The embedded default: one SQLite file in WAL mode.
 #[derive(Clone, Debug)]
@@ -158,17 +161,17 @@ fn join<T>(items: &[T], f: impl Fn(&T) -> &str) -> String {
 
 macro_rules! client_columns {
     () => {
-        "client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, created_at"
+        "client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, resources, created_at"
     };
 }
 macro_rules! grant_columns {
     () => {
-        "grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used"
+        "grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used"
     };
 }
 macro_rules! code_columns {
     () => {
-        "code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at"
+        "code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource"
     };
 }
 macro_rules! user_columns {
@@ -180,6 +183,42 @@ macro_rules! user_columns {
 macro_rules! impl_store {
     ($store:ty, $db:ty, $name:literal) => {
         impl $store {
+            async fn insert_key_on(conn: &mut <$db as sqlx::Database>::Connection, k: &KeyRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, alg, state, private_pkcs8, created_at, state_since) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&k.kid)
+                .bind(k.alg.as_str())
+                .bind(k.state.as_str())
+                .bind(&k.private_pkcs8)
+                .bind(k.created_at)
+                .bind(k.state_since)
+                .execute(&mut *conn)
+                .await
+                .map_err(conflict_or)?;
+                Ok(())
+            }
+
+            async fn keys_on(conn: &mut <$db as sqlx::Database>::Connection) -> Result<Vec<KeyRecord>> {
+                let rows = sqlx::query(
+                    "SELECT kid, alg, state, private_pkcs8, created_at, state_since FROM signing_keys ORDER BY created_at, kid",
+                )
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(KeyRecord {
+                            kid: r.try_get("kid")?,
+                            alg: Alg::parse(&r.try_get::<String, _>("alg")?).ok_or_else(|| corrupt("key alg"))?,
+                            state: KeyState::parse(&r.try_get::<String, _>("state")?).ok_or_else(|| corrupt("key state"))?,
+                            private_pkcs8: r.try_get("private_pkcs8")?,
+                            created_at: r.try_get("created_at")?,
+                            state_since: r.try_get("state_since")?,
+                        })
+                    })
+                    .collect()
+            }
+
             fn client_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Client> {
                 let redirect: String = row.try_get("redirect_uris")?;
                 let redirect: Vec<String> = serde_json::from_str(&redirect).map_err(|_| corrupt("client redirect_uris"))?;
@@ -200,6 +239,7 @@ macro_rules! impl_store {
                     id_token_alg: Alg::parse(&row.try_get::<String, _>("id_token_alg")?).ok_or_else(|| corrupt("client id_token_alg"))?,
                     post_logout_redirect_uris: post_logout.into_iter().map(RedirectUri::from_stored).collect(),
                     audiences: row.try_get::<String, _>("audiences")?.split(' ').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+                    resources: row.try_get::<String, _>("resources")?.split(' ').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
                     created_at: row.try_get("created_at")?,
                 })
             }
@@ -226,6 +266,7 @@ macro_rules! impl_store {
                     auth_time: row.try_get("auth_time")?,
                     session_hash: row.try_get("session_hash")?,
                     nonce: row.try_get("nonce")?,
+                    audience: row.try_get("audience")?,
                     refresh_generation: row.try_get("refresh_generation")?,
                     refresh_hash: row.try_get("refresh_hash")?,
                     created_at: row.try_get("created_at")?,
@@ -248,6 +289,7 @@ macro_rules! impl_store {
                     code_challenge: CodeChallenge::from_stored(row.try_get("code_challenge")?),
                     auth_time: row.try_get("auth_time")?,
                     expires_at: row.try_get("expires_at")?,
+                    resource: row.try_get("resource")?,
                 })
             }
         }
@@ -264,7 +306,7 @@ macro_rules! impl_store {
                 let post_logout: Vec<&str> = c.post_logout_redirect_uris.iter().map(RedirectUri::as_str).collect();
                 let post_logout = serde_json::to_string(&post_logout).map_err(|_| corrupt("client post_logout_redirect_uris"))?;
                 sqlx::query(
-                    "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, resources, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(&c.client_id)
                 .bind(&c.name)
@@ -279,6 +321,7 @@ macro_rules! impl_store {
                 .bind(c.id_token_alg.as_str())
                 .bind(post_logout)
                 .bind(c.audiences.join(" "))
+                .bind(c.resources.join(" "))
                 .bind(c.created_at)
                 .execute(&self.pool)
                 .await
@@ -426,7 +469,7 @@ macro_rules! impl_store {
 
             async fn insert_code(&self, c: &AuthorizationCode) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&c.code_hash)
                 .bind(&c.client_id)
@@ -438,6 +481,7 @@ macro_rules! impl_store {
                 .bind(c.code_challenge.as_str())
                 .bind(c.auth_time)
                 .bind(c.expires_at)
+                .bind(&c.resource)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -469,7 +513,7 @@ macro_rules! impl_store {
 
             async fn insert_grant(&self, g: &Grant) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(&g.grant_id)
                 .bind(&g.user_id)
@@ -478,6 +522,7 @@ macro_rules! impl_store {
                 .bind(g.auth_time)
                 .bind(&g.session_hash)
                 .bind(&g.nonce)
+                .bind(&g.audience)
                 .bind(g.refresh_generation)
                 .bind(&g.refresh_hash)
                 .bind(g.created_at)
@@ -615,10 +660,7 @@ macro_rules! impl_store {
             }
 
             async fn sweep(&self, now: i64, horizon: i64, limit: i64) -> Result<Option<SweepReport>> {
-                let mut tx = self.pool.begin().await?;
-                if !Self::try_sweep_lock(&mut tx).await? {
-                    return Ok(None);
-                }
+                let Some(mut tx) = self.begin_locked(LOCK_SWEEP).await? else { return Ok(None) };
                 // Each statement deletes one bounded batch found through an index on the
                 // expiry column: cost grows with the batch, never with history.
                 let mut report = SweepReport::default();
@@ -683,33 +725,47 @@ macro_rules! impl_store {
             }
 
             async fn insert_key(&self, k: &KeyRecord) -> Result<()> {
-                sqlx::query("INSERT INTO signing_keys (kid, alg, state, private_pkcs8, created_at) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&k.kid)
-                    .bind(k.alg.as_str())
-                    .bind(k.state.as_str())
-                    .bind(&k.private_pkcs8)
-                    .bind(k.created_at)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(conflict_or)?;
-                Ok(())
+                let mut conn = self.pool.acquire().await?;
+                Self::insert_key_on(&mut conn, k).await
             }
 
             async fn keys(&self) -> Result<Vec<KeyRecord>> {
-                let rows = sqlx::query("SELECT kid, alg, state, private_pkcs8, created_at FROM signing_keys ORDER BY created_at, kid")
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(KeyRecord {
-                            kid: r.try_get("kid")?,
-                            alg: Alg::parse(&r.try_get::<String, _>("alg")?).ok_or_else(|| corrupt("key alg"))?,
-                            state: KeyState::parse(&r.try_get::<String, _>("state")?).ok_or_else(|| corrupt("key state"))?,
-                            private_pkcs8: r.try_get("private_pkcs8")?,
-                            created_at: r.try_get("created_at")?,
-                        })
-                    })
-                    .collect()
+                let mut conn = self.pool.acquire().await?;
+                Self::keys_on(&mut conn).await
+            }
+
+            async fn maintain_keys(&self, plan: &KeyPlanner, now: i64) -> Result<Option<Vec<KeyWrite>>> {
+                let Some(mut tx) = self.begin_locked(LOCK_KEYS).await? else { return Ok(None) };
+                let keys = Self::keys_on(&mut tx).await?;
+                let writes = plan(&keys).map_err(StoreError::Plan)?;
+                for w in &writes {
+                    match w {
+                        KeyWrite::Insert(k) => Self::insert_key_on(&mut tx, k).await?,
+                        KeyWrite::Transition { kid, from, to } => {
+                            sqlx::query("UPDATE signing_keys SET state = $3, state_since = $4 WHERE kid = $1 AND state = $2")
+                                .bind(kid)
+                                .bind(from.as_str())
+                                .bind(to.as_str())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        KeyWrite::Revoke { kid } => {
+                            sqlx::query("UPDATE signing_keys SET state = 'retired', state_since = $2 WHERE kid = $1")
+                                .bind(kid)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('key', $1, $2) ON CONFLICT (kind, subject) DO NOTHING")
+                                .bind(kid)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(Some(writes))
             }
 
             async fn server_secret(&self, name: &str, fresh: &str) -> Result<String> {
@@ -725,22 +781,33 @@ macro_rules! impl_store {
     };
 }
 
+const LOCK_SWEEP: i64 = 7_439_152_002;
+const LOCK_KEYS: i64 = 7_439_152_003;
+
 impl SqliteStore {
-    /// SQLite has one writer at a time; the transaction itself is the lock.
-    async fn try_sweep_lock(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<bool> {
-        Ok(true)
+    /// SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the write lock up front
+    /// (waiting for it up to the busy timeout), so the transaction is the lock.
+    async fn begin_locked(
+        &self,
+        _lock: i64,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Sqlite>>> {
+        Ok(Some(self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 }
 
 impl PgStore {
-    /// A transaction-scoped advisory lock: one node sweeps, the others skip.
-    async fn try_sweep_lock(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<bool> {
-        Ok(
-            sqlx::query("SELECT pg_try_advisory_xact_lock(7439152002) AS locked")
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("locked")?,
-        )
+    /// A transaction-scoped advisory lock: one node proceeds, the others skip.
+    async fn begin_locked(
+        &self,
+        lock: i64,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+            .bind(lock)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("locked")?;
+        Ok(locked.then_some(tx))
     }
 }
 

@@ -17,7 +17,7 @@ use latchkey_core::pkce::CodeChallenge;
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 use latchkey_store::{
-    GrantFilter, PgStore, Redemption, SqliteStore, Store, StoreError, SweepReport,
+    GrantFilter, KeyWrite, PgStore, Redemption, SqliteStore, Store, StoreError, SweepReport,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -35,6 +35,7 @@ fn client(id: &str) -> Client {
         first_party: false,
         post_logout_redirect_uris: vec![],
         audiences: vec![],
+        resources: vec!["https://api.example.com".into()],
         access_token_ttl: 300,
         id_token_alg: Alg::RS256,
         created_at: NOW,
@@ -63,6 +64,7 @@ fn grant(id: &str, user: &str, client: &str) -> Grant {
         auth_time: NOW,
         session_hash: None,
         nonce: Some("n".into()),
+        audience: Some("https://api.example.com".into()),
         refresh_generation: 1,
         refresh_hash: Some("h1".into()),
         created_at: NOW,
@@ -87,6 +89,7 @@ fn code(hash: &str) -> AuthorizationCode {
         ),
         auth_time: NOW,
         expires_at: NOW + 60,
+        resource: Some("https://api.example.com".into()),
     }
 }
 
@@ -115,6 +118,7 @@ async fn clients(s: &dyn Store) {
     );
     assert_eq!(c.scopes.to_string(), "email openid");
     assert_eq!(c.secret_hash.as_deref(), Some("hash"));
+    assert_eq!(c.resources, vec!["https://api.example.com".to_owned()]);
     assert!(s.client("nope").await.unwrap().is_none());
     s.create_client(&client("c2")).await.unwrap();
     assert_eq!(s.list_clients().await.unwrap().len(), 2);
@@ -192,6 +196,7 @@ async fn codes(s: Arc<dyn Store>) {
                 c.code_challenge.as_str(),
                 "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
             );
+            assert_eq!(c.resource.as_deref(), Some("https://api.example.com"));
         }
         other => panic!("expected Redeemed, got {other:?}"),
     }
@@ -310,12 +315,74 @@ async fn keys_and_secrets(s: &dyn Store) {
         state: KeyState::Active,
         private_pkcs8: vec![1, 2, 3, 0, 255],
         created_at: NOW,
+        state_since: NOW,
     };
     s.insert_key(&key).await.unwrap();
     let keys = s.keys().await.unwrap();
     assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].state_since, NOW);
     assert_eq!(keys[0].private_pkcs8, vec![1, 2, 3, 0, 255]);
     assert_eq!(keys[0].state, KeyState::Active);
+    // Key maintenance: the planner sees the current keys and its writes are applied;
+    // a transition from a state the key is no longer in does nothing.
+    let writes = s
+        .maintain_keys(
+            &|keys: &[KeyRecord]| {
+                assert_eq!(keys.len(), 1);
+                Ok(vec![
+                    KeyWrite::Transition {
+                        kid: "k1".into(),
+                        from: KeyState::Active,
+                        to: KeyState::Retiring,
+                    },
+                    KeyWrite::Insert(KeyRecord {
+                        kid: "k2".into(),
+                        state_since: NOW + 1,
+                        ..keys[0].clone()
+                    }),
+                    KeyWrite::Transition {
+                        kid: "k1".into(),
+                        from: KeyState::Next,
+                        to: KeyState::Retired,
+                    },
+                ])
+            },
+            NOW + 1,
+        )
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(writes.len(), 3);
+    let keys = s.keys().await.unwrap();
+    assert_eq!(
+        (keys[0].state, keys[0].state_since),
+        (KeyState::Retiring, NOW + 1)
+    );
+    assert_eq!(
+        (keys[1].kid.as_str(), keys[1].state),
+        ("k2", KeyState::Active)
+    );
+    s.maintain_keys(
+        &|_: &[KeyRecord]| Ok(vec![KeyWrite::Revoke { kid: "k2".into() }]),
+        NOW - 5,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.keys().await.unwrap()[1].state, KeyState::Retired);
+    assert!(
+        s.revocations_since(NOW - 5, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.kind == "key" && r.subject == "k2"),
+        "a revoked key enters the feed"
+    );
+    let refused = s
+        .maintain_keys(&|_: &[KeyRecord]| Err("no".to_owned()), NOW)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Plan(_))));
+
     let first = s.server_secret("mac", "one").await.unwrap();
     let second = s.server_secret("mac", "two").await.unwrap();
     assert_eq!(

@@ -281,7 +281,7 @@ async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAut
     let mut hint_sub = None;
     if let Some(hint) = params.get("id_token_hint") {
         // Our own ID token; its expiry does not matter (OIDC Core §3.1.2.1).
-        let claims = jose::verify(hint, state.keys.verifying(), "JWT").map_err(|_| {
+        let claims = jose::verify(hint, state.keys().verifying(), "JWT").map_err(|_| {
             OAuthError::invalid_request("id_token_hint is not an ID token issued by this server")
         })?;
         if claims.get("iss").and_then(|v| v.as_str()) != Some(state.issuer.as_str()) {

@@ -245,6 +245,7 @@ async fn issue_code(
         code_challenge: req.code_challenge.clone(),
         auth_time: session.auth_time,
         expires_at: state.now() + state.config.code_ttl,
+        resource: req.resource.clone(),
     };
     state.store.insert_code(&record).await?;
     let mut params = vec![("code", code.as_str())];

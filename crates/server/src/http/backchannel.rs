@@ -45,7 +45,7 @@ async fn identify(
             None => Presented::Unknown,
         });
     }
-    let Ok(raw) = jose::verify(token, state.keys.verifying(), ACCESS_TOKEN_TYP) else {
+    let Ok(raw) = jose::verify(token, state.keys().verifying(), ACCESS_TOKEN_TYP) else {
         return Ok(Presented::Unknown);
     };
     let now = if allow_expired {

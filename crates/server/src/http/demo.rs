@@ -140,13 +140,14 @@ async fn run_callback(state: &AppState, jar: &CookieJar, cb: Callback) -> Result
     let id_token = response["id_token"]
         .as_str()
         .ok_or("no id_token in the token response")?;
-    let id_claims = latchkey_core::jose::verify(id_token, state.keys.verifying(), "JWT")
+    let id_claims = latchkey_core::jose::verify(id_token, state.keys().verifying(), "JWT")
         .map_err(|e| format!("ID token rejected: {e}"))?;
     if id_claims.get("nonce").and_then(|n| n.as_str()) != Some(nonce) {
         return Err("ID token nonce does not match".into());
     }
-    let access_claims = latchkey_core::jose::verify(access_token, state.keys.verifying(), "at+jwt")
-        .map_err(|e| format!("access token rejected: {e}"))?;
+    let access_claims =
+        latchkey_core::jose::verify(access_token, state.keys().verifying(), "at+jwt")
+            .map_err(|e| format!("access token rejected: {e}"))?;
     let userinfo: serde_json::Value = http
         .get(format!("{}/userinfo", state.issuer))
         .bearer_auth(access_token)

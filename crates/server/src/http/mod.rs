@@ -45,6 +45,15 @@ pub fn app(state: AppState) -> Router {
             paths::USERINFO,
             get(userinfo::userinfo_get).post(userinfo::userinfo_post),
         )
+        .route(paths::REVOKE, post(backchannel::revoke))
+        .route(paths::INTROSPECT, post(backchannel::introspect))
+        .route(paths::REVOCATION_FEED, get(backchannel::revocation_feed))
+        .route(
+            paths::END_SESSION,
+            get(account::logout_get).post(account::logout_post),
+        )
+        .route(paths::ACCOUNT, get(account::account))
+        .route("/account/revoke", post(account::revoke_app))
         .route("/", get(pages::home));
     if state.demo.is_some() {
         router = router

@@ -79,6 +79,7 @@ async fn exchange(
             code,
             redirect_uri,
             code_verifier,
+            resource,
         } => {
             redeem_code(
                 state,
@@ -87,12 +88,14 @@ async fn exchange(
                 &code,
                 redirect_uri.as_deref(),
                 code_verifier.as_deref(),
+                resource.as_deref(),
             )
             .await
         }
         TokenRequest::RefreshToken {
             refresh_token,
             scope,
+            resource,
         } => {
             refresh(
                 state,
@@ -100,12 +103,17 @@ async fn exchange(
                 &authenticated,
                 &refresh_token,
                 scope.as_deref(),
+                resource.as_deref(),
             )
             .await
         }
-        TokenRequest::ClientCredentials { scope } => {
-            client_credentials(state, &client, &authenticated, scope.as_deref())
-        }
+        TokenRequest::ClientCredentials { scope, resource } => client_credentials(
+            state,
+            &client,
+            &authenticated,
+            scope.as_deref(),
+            resource.as_deref(),
+        ),
     }
 }
 
@@ -116,6 +124,7 @@ async fn redeem_code(
     code: &str,
     redirect_uri: Option<&str>,
     verifier: Option<&str>,
+    resource: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now();
     let grant_id = new_grant_id(state)?;
@@ -140,6 +149,13 @@ async fn redeem_code(
         }
         Redemption::NotFound => return Err(OAuthError::invalid_grant("the code is not valid")),
     };
+    // RFC 8707 §2.2: a resource at the token endpoint must be one the user authorized.
+    if resource.is_some() && resource != stored.resource.as_deref() {
+        return Err(OAuthError::new(
+            latchkey_core::ErrorCode::InvalidTarget,
+            "resource differs from the one in the authorization request",
+        ));
+    }
     let pkce = check_code_redemption(
         &stored,
         authenticated,
@@ -168,6 +184,7 @@ async fn redeem_code(
         auth_time: stored.auth_time,
         session_hash: stored.session_hash.clone(),
         nonce: stored.nonce.clone(),
+        audience: stored.resource.clone(),
         refresh_generation: generation,
         refresh_hash,
         created_at: now,
@@ -198,6 +215,7 @@ async fn refresh(
     authenticated: &ClientAuthenticated,
     presented: &str,
     scope: Option<&str>,
+    resource: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now();
     let invalid = || OAuthError::invalid_grant("the refresh token is not valid");
@@ -218,6 +236,12 @@ async fn refresh(
         ));
     }
     let current_hash = grant.refresh_hash.as_deref().ok_or_else(invalid)?;
+    if resource.is_some() && resource != grant.audience.as_deref() {
+        return Err(OAuthError::new(
+            latchkey_core::ErrorCode::InvalidTarget,
+            "resource differs from the one the grant was made for",
+        ));
+    }
     // RFC 6749 §6: the requested scope must not exceed the grant.
     let scope = match scope {
         None => grant.scope.clone(),
@@ -363,8 +387,10 @@ fn client_credentials(
     client: &Client,
     _auth: &ClientAuthenticated,
     scope: Option<&str>,
+    resource: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let scope = client.permitted_scope(scope)?;
+    let audience = client.permitted_resource(resource)?;
     // The user-facing scopes mean nothing without a user.
     let scope = Scope::from_tokens(
         scope
@@ -376,7 +402,7 @@ fn client_credentials(
         iss: state.issuer.clone(),
         // BCP-17: client subjects live in their own namespace.
         sub: format!("client:{}", client.client_id),
-        aud: state.audience().to_owned(),
+        aud: audience.unwrap_or_else(|| state.audience().to_owned()),
         client_id: client.client_id.clone(),
         scope: scope.to_string(),
         iat: now,
@@ -385,7 +411,12 @@ fn client_credentials(
         gid: None,
         auth_time: None,
     };
-    let access_token = sign(state, Alg::EdDSA, ACCESS_TOKEN_TYP, &claims)?;
+    let access_token = sign(
+        state,
+        state.config.access_token_alg(),
+        ACCESS_TOKEN_TYP,
+        &claims,
+    )?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -411,7 +442,10 @@ fn mint(
     let claims = AccessTokenClaims {
         iss: state.issuer.clone(),
         sub: user.user_id.clone(),
-        aud: state.audience().to_owned(),
+        aud: grant
+            .audience
+            .clone()
+            .unwrap_or_else(|| state.audience().to_owned()),
         client_id: client.client_id.clone(),
         scope: scope.clone(),
         iat: now,
@@ -420,7 +454,12 @@ fn mint(
         gid: Some(grant.grant_id.clone()),
         auth_time: Some(grant.auth_time),
     };
-    let access_token = sign(state, Alg::EdDSA, ACCESS_TOKEN_TYP, &claims)?;
+    let access_token = sign(
+        state,
+        state.config.access_token_alg(),
+        ACCESS_TOKEN_TYP,
+        &claims,
+    )?;
     let id_token = if grant.scope.contains("openid") {
         let id = IdTokenClaims {
             iss: state.issuer.clone(),
@@ -459,7 +498,8 @@ fn sign<C: Serialize>(
     typ: &str,
     claims: &C,
 ) -> Result<String, OAuthError> {
-    let key = state.keys.signer(alg).ok_or_else(|| {
+    let ring = state.keys();
+    let key = ring.signer(alg).ok_or_else(|| {
         tracing::error!(alg = alg.as_str(), "no active signing key");
         OAuthError::server_error()
     })?;

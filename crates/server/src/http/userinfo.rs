@@ -74,7 +74,7 @@ async fn respond(state: &AppState, token: Result<Option<String>, OAuthError>) ->
 
 async fn claims_for(state: &AppState, token: &str) -> Result<serde_json::Value, OAuthError> {
     let now = state.clock.now();
-    let raw = jose::verify(token, state.keys.verifying(), ACCESS_TOKEN_TYP)
+    let raw = jose::verify(token, state.keys().verifying(), ACCESS_TOKEN_TYP)
         .map_err(|e| OAuthError::invalid_token(e.to_string()))?;
     let claims = AccessTokenClaims::from_verified(raw, &state.issuer, now)
         .map_err(OAuthError::invalid_token)?;
