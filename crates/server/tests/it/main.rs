@@ -6,5 +6,6 @@
 
 mod admin;
 mod flows;
+mod keys;
 mod negative;
 mod support;
