@@ -38,7 +38,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub enum Redemption {
     /// This call consumed the code; it now names `grant_id`.
-    Redeemed(AuthorizationCode),
+    Redeemed(Box<AuthorizationCode>),
     /// The code was consumed before; `grant_id` is the grant the first redemption made.
     AlreadyRedeemed {
         grant_id: Option<String>,

@@ -499,7 +499,7 @@ macro_rules! impl_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(row) = row {
-                    return Ok(Redemption::Redeemed(Self::code_from_row(&row)?));
+                    return Ok(Redemption::Redeemed(Box::new(Self::code_from_row(&row)?)));
                 }
                 let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
                     .bind(code_hash)
