@@ -34,10 +34,20 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a code redemption adds to the code's own data to make its grant.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub grant_id: String,
+    /// 1 with a refresh token, 0 without.
+    pub refresh_generation: i64,
+    pub refresh_hash: Option<String>,
+    pub expires_at: i64,
+}
+
 /// The result of trying to redeem a code.
 #[derive(Debug, Clone)]
 pub enum Redemption {
-    /// This call consumed the code; it now names `grant_id`.
+    /// This call consumed the code and made the grant `NewGrant::grant_id`.
     Redeemed(Box<AuthorizationCode>),
     /// The code was consumed before; `grant_id` is the grant the first redemption made.
     AlreadyRedeemed {
@@ -127,8 +137,10 @@ pub trait Store: Send + Sync + 'static {
 
     // Authorization codes
     async fn insert_code(&self, code: &AuthorizationCode) -> Result<()>;
-    /// Atomically consumes the code and records the grant it will produce.
-    async fn redeem_code(&self, code_hash: &str, grant_id: &str, now: i64) -> Result<Redemption>;
+    /// Atomically consumes the code and, in the same transaction, makes the grant it
+    /// produces from the code and `grant`. Because both commit together, a second
+    /// redemption racing this one always finds the grant to revoke (RFC 9700 §4.2.4).
+    async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption>;
 
     // Grants
     async fn insert_grant(&self, grant: &Grant) -> Result<()>;

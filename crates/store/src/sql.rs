@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 
 use crate::migrations::{self, Migration};
 use crate::{
-    GrantFilter, KeyPlanner, KeyWrite, Redemption, Result, Revocation, Store, StoreError,
+    GrantFilter, KeyPlanner, KeyWrite, NewGrant, Redemption, Result, Revocation, Store, StoreError,
     SweepReport,
 };
 
@@ -487,7 +487,8 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn redeem_code(&self, code_hash: &str, grant_id: &str, now: i64) -> Result<Redemption> {
+            async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption> {
+                let mut tx = self.pool.begin().await?;
                 // REL-01: one conditional statement; of N racing redemptions one wins.
                 let row = sqlx::query(concat!(
                     "UPDATE codes SET redeemed_at = $2, grant_id = $3 WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING ",
@@ -495,20 +496,41 @@ macro_rules! impl_store {
                 ))
                 .bind(code_hash)
                 .bind(now)
-                .bind(grant_id)
-                .fetch_optional(&self.pool)
+                .bind(&grant.grant_id)
+                .fetch_optional(&mut *tx)
                 .await?;
-                if let Some(row) = row {
-                    return Ok(Redemption::Redeemed(Box::new(Self::code_from_row(&row)?)));
-                }
-                let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
-                    .bind(code_hash)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Redemption::AlreadyRedeemed { grant_id: r.try_get("grant_id")? },
-                    None => Redemption::NotFound,
-                })
+                let Some(row) = row else {
+                    drop(tx);
+                    let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
+                        .bind(code_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    return Ok(match row {
+                        Some(r) => Redemption::AlreadyRedeemed { grant_id: r.try_get("grant_id")? },
+                        None => Redemption::NotFound,
+                    });
+                };
+                let code = Self::code_from_row(&row)?;
+                sqlx::query(
+                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, NULL, 0)",
+                )
+                .bind(&grant.grant_id)
+                .bind(&code.user_id)
+                .bind(&code.client_id)
+                .bind(code.scope.to_string())
+                .bind(code.auth_time)
+                .bind(&code.session_hash)
+                .bind(&code.nonce)
+                .bind(&code.resource)
+                .bind(grant.refresh_generation)
+                .bind(&grant.refresh_hash)
+                .bind(now)
+                .bind(grant.expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(conflict_or)?;
+                tx.commit().await?;
+                Ok(Redemption::Redeemed(Box::new(code)))
             }
 
             async fn insert_grant(&self, g: &Grant) -> Result<()> {

@@ -17,7 +17,8 @@ use latchkey_core::pkce::CodeChallenge;
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 use latchkey_store::{
-    GrantFilter, KeyWrite, PgStore, Redemption, SqliteStore, Store, StoreError, SweepReport,
+    GrantFilter, KeyWrite, NewGrant, PgStore, Redemption, SqliteStore, Store, StoreError,
+    SweepReport,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -90,6 +91,15 @@ fn code(hash: &str) -> AuthorizationCode {
         auth_time: NOW,
         expires_at: NOW + 60,
         resource: Some("https://api.example.com".into()),
+    }
+}
+
+fn new_grant(id: &str) -> NewGrant {
+    NewGrant {
+        grant_id: id.into(),
+        refresh_generation: 1,
+        refresh_hash: Some("rh".into()),
+        expires_at: NOW + 3600,
     }
 }
 
@@ -189,7 +199,11 @@ async fn sessions(s: &dyn Store) {
 
 async fn codes(s: Arc<dyn Store>) {
     s.insert_code(&code("code1")).await.unwrap();
-    match s.redeem_code("code1", "g1", NOW).await.unwrap() {
+    match s
+        .redeem_code("code1", &new_grant("g-code1"), NOW)
+        .await
+        .unwrap()
+    {
         Redemption::Redeemed(c) => {
             assert_eq!(c.redirect_uri, "https://app.example/cb");
             assert_eq!(
@@ -200,12 +214,31 @@ async fn codes(s: Arc<dyn Store>) {
         }
         other => panic!("expected Redeemed, got {other:?}"),
     }
-    match s.redeem_code("code1", "g2", NOW).await.unwrap() {
-        Redemption::AlreadyRedeemed { grant_id } => assert_eq!(grant_id.as_deref(), Some("g1")),
+    // The grant was made in the same transaction, from the code.
+    let g = s
+        .grant("g-code1")
+        .await
+        .unwrap()
+        .expect("redemption makes the grant");
+    assert_eq!(
+        (
+            g.user_id.as_str(),
+            g.client_id.as_str(),
+            g.refresh_hash.as_deref()
+        ),
+        ("u1", "c1", Some("rh"))
+    );
+    assert_eq!(g.audience.as_deref(), Some("https://api.example.com"));
+    assert!(g.revoked_at.is_none());
+    s.revoke_grant("g-code1", NOW).await.unwrap();
+    match s.redeem_code("code1", &new_grant("g2"), NOW).await.unwrap() {
+        Redemption::AlreadyRedeemed { grant_id } => {
+            assert_eq!(grant_id.as_deref(), Some("g-code1"))
+        }
         other => panic!("expected AlreadyRedeemed, got {other:?}"),
     }
     assert!(matches!(
-        s.redeem_code("nope", "g3", NOW).await.unwrap(),
+        s.redeem_code("nope", &new_grant("g3"), NOW).await.unwrap(),
         Redemption::NotFound
     ));
 
@@ -215,7 +248,7 @@ async fn codes(s: Arc<dyn Store>) {
     for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.redeem_code("race", &format!("g-race-{i}"), NOW)
+            s.redeem_code("race", &new_grant(&format!("g-race-{i}")), NOW)
                 .await
                 .unwrap()
         }));
@@ -227,6 +260,14 @@ async fn codes(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(winners, 1);
+    let mut made = 0;
+    for i in 0..8 {
+        if s.grant(&format!("g-race-{i}")).await.unwrap().is_some() {
+            made += 1;
+            s.revoke_grant(&format!("g-race-{i}"), NOW).await.unwrap();
+        }
+    }
+    assert_eq!(made, 1, "only the winning redemption made a grant");
 }
 
 async fn grants(s: Arc<dyn Store>) {
@@ -469,7 +510,7 @@ async fn sweeping(s: &dyn Store) {
         count(&before, "codes") - i64::try_from(swept.codes).unwrap()
     );
     assert!(matches!(
-        s.redeem_code("fresh", "gx", NOW).await.unwrap(),
+        s.redeem_code("fresh", &new_grant("gx"), NOW).await.unwrap(),
         Redemption::Redeemed(_)
     ));
     // Revoked grants and feed entries go once the horizon passes them.

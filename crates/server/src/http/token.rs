@@ -13,7 +13,7 @@ use latchkey_core::scope::Scope;
 use latchkey_core::secret::{digest, digest_matches};
 use latchkey_core::token::{RefreshToken, TokenRequest, check_code_redemption};
 use latchkey_core::{OAuthError, UnixTime};
-use latchkey_store::Redemption;
+use latchkey_store::{NewGrant, Redemption};
 use serde::Serialize;
 
 use super::{json_error, store_failure};
@@ -128,15 +128,31 @@ async fn redeem_code(
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now();
     let grant_id = new_grant_id(state)?;
+    let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
+        Some(RefreshToken {
+            grant_id: grant_id.clone(),
+            generation: 1,
+            secret: state.random_token()?,
+        })
+    } else {
+        None
+    };
+    let new_grant = NewGrant {
+        grant_id: grant_id.clone(),
+        refresh_generation: if refresh_token.is_some() { 1 } else { 0 },
+        refresh_hash: refresh_token.as_ref().map(|t| digest(&t.secret)),
+        expires_at: now + state.config.refresh_ttl.min(state.config.refresh_idle_ttl),
+    };
     let stored = match state
         .store
-        .redeem_code(&digest(code), &grant_id, now)
+        .redeem_code(&digest(code), &new_grant, now)
         .await
         .map_err(|e| store_failure(&e))?
     {
         Redemption::Redeemed(c) => c,
         Redemption::AlreadyRedeemed { grant_id } => {
-            // RFC 9700 §4.2.4 / BCP-22: a code used twice revokes what the first use made.
+            // RFC 9700 §4.2.4 / BCP-22: a code used twice revokes what the first use
+            // made. The grant was committed with the code's consumption, so it exists.
             if let Some(g) = grant_id {
                 state
                     .store
@@ -149,64 +165,65 @@ async fn redeem_code(
         }
         Redemption::NotFound => return Err(OAuthError::invalid_grant("the code is not valid")),
     };
-    // RFC 8707 §2.2: a resource at the token endpoint must be one the user authorized.
+    // From here on a failed check must also kill the grant the redemption made: no
+    // token was issued from it, and none ever will be.
+    let checked = check_redemption(
+        state,
+        &stored,
+        authenticated,
+        redirect_uri,
+        verifier,
+        resource,
+        now,
+    )
+    .await;
+    let (pkce, user) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            state
+                .store
+                .revoke_grant(&grant_id, now)
+                .await
+                .map_err(|e| store_failure(&e))?;
+            return Err(e);
+        }
+    };
+    let grant = state
+        .store
+        .grant(&grant_id)
+        .await
+        .map_err(|e| store_failure(&e))?
+        .ok_or_else(OAuthError::server_error)?;
+    mint(
+        state,
+        client,
+        &grant,
+        &user,
+        refresh_token.map(|t| t.encode()),
+        Some(&pkce),
+        true,
+    )
+}
+
+/// RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707 §2.2: the checks on a consumed code.
+async fn check_redemption(
+    state: &AppState,
+    stored: &latchkey_core::model::AuthorizationCode,
+    authenticated: &ClientAuthenticated,
+    redirect_uri: Option<&str>,
+    verifier: Option<&str>,
+    resource: Option<&str>,
+    now: i64,
+) -> Result<(PkceVerified, User), OAuthError> {
     if resource.is_some() && resource != stored.resource.as_deref() {
         return Err(OAuthError::new(
             latchkey_core::ErrorCode::InvalidTarget,
             "resource differs from the one in the authorization request",
         ));
     }
-    let pkce = check_code_redemption(
-        &stored,
-        authenticated,
-        redirect_uri,
-        verifier,
-        UnixTime(now),
-    )?;
+    let pkce = check_code_redemption(stored, authenticated, redirect_uri, verifier, UnixTime(now))?;
     let user = active_user(state, &stored.user_id).await?;
-    let (refresh_token, refresh_hash, generation) = if client.allows_grant(GrantType::RefreshToken)
-    {
-        let secret = state.random_token()?;
-        let token = RefreshToken {
-            grant_id: grant_id.clone(),
-            generation: 1,
-            secret,
-        };
-        (Some(token.encode()), Some(digest(&token.secret)), 1)
-    } else {
-        (None, None, 0)
-    };
-    let grant = Grant {
-        grant_id,
-        user_id: user.user_id.clone(),
-        client_id: client.client_id.clone(),
-        scope: stored.scope.clone(),
-        auth_time: stored.auth_time,
-        session_hash: stored.session_hash.clone(),
-        nonce: stored.nonce.clone(),
-        audience: stored.resource.clone(),
-        refresh_generation: generation,
-        refresh_hash,
-        created_at: now,
-        last_used_at: now,
-        expires_at: now + state.config.refresh_ttl.min(state.config.refresh_idle_ttl),
-        revoked_at: None,
-        grace_used: false,
-    };
-    state
-        .store
-        .insert_grant(&grant)
-        .await
-        .map_err(|e| store_failure(&e))?;
-    mint(
-        state,
-        client,
-        &grant,
-        &user,
-        refresh_token,
-        Some(&pkce),
-        true,
-    )
+    Ok((pkce, user))
 }
 
 async fn refresh(

@@ -6,6 +6,8 @@
 
 mod admin;
 mod flows;
+mod grants;
 mod keys;
+mod multinode;
 mod negative;
 mod support;
