@@ -1487,3 +1487,97 @@ async fn storage_rows_do_not_grow_per_token_postgres() {
     let db = FreshDb::create();
     storage_rows_do_not_grow_per_token(db.backend(), Some(&db)).await;
 }
+
+/// Two nodes starting together on an empty database create one key per algorithm, and
+/// a scheduled rotation happens exactly once (one `next` key per algorithm, promoted
+/// once), not once per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_rotate_keys_exactly_once() {
+    let db = FreshDb::create();
+    let backend = db.backend();
+    // Rotate every 6 s; a key is published 2 s (max-age 1 + check 1) before it signs.
+    let env = [
+        ("LATCHKEY_KEY_ROTATION_INTERVAL", "6"),
+        ("LATCHKEY_JWKS_MAX_AGE", "1"),
+        ("LATCHKEY_KEY_CHECK_INTERVAL", "1"),
+    ];
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Node::start("A", &backend, None, &env));
+        let b = s.spawn(|| Node::start("B", &backend, None, &env));
+        (a.join().expect("node A"), b.join().expect("node B"))
+    });
+    let store = backend.open().await;
+    let per_alg = |keys: &[latchkey_core::model::KeyRecord]| {
+        let mut m: std::collections::BTreeMap<
+            &'static str,
+            Vec<(String, latchkey_core::model::KeyState)>,
+        > = Default::default();
+        for k in keys {
+            m.entry(k.alg.as_str())
+                .or_default()
+                .push((k.kid.clone(), k.state));
+        }
+        m
+    };
+    let at_start = store.keys().await.expect("keys");
+    assert_eq!(
+        at_start.len(),
+        3,
+        "one key per algorithm after a racing start: {:?}",
+        per_alg(&at_start)
+    );
+    // Past the first rotation (next at ~4 s, active at ~6 s), before the second (~10 s).
+    tokio::time::sleep(Duration::from_millis(8500)).await;
+    let keys = store.keys().await.expect("keys");
+    for (alg, list) in per_alg(&keys) {
+        use latchkey_core::model::KeyState;
+        let active = list.iter().filter(|(_, s)| *s == KeyState::Active).count();
+        let retiring = list
+            .iter()
+            .filter(|(_, s)| *s == KeyState::Retiring)
+            .count();
+        assert_eq!(
+            (list.len(), active, retiring),
+            (2, 1, 1),
+            "{alg}: exactly one rotation by two nodes: {list:?}"
+        );
+    }
+    // Both nodes publish the same keys and sign with the same active key.
+    let http = http_client();
+    let jwks = |n: &Node| {
+        let http = http.clone();
+        let url = format!("{}/jwks.json", n.base);
+        async move {
+            let v: Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("jwks")
+                .json()
+                .await
+                .expect("json");
+            let mut kids: Vec<String> = v["keys"]
+                .as_array()
+                .expect("keys")
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            kids.sort();
+            kids
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ka, kb) = (jwks(&a).await, jwks(&b).await);
+        if ka == kb && ka.len() == 6 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes publish different keys: {ka:?} vs {kb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((a, b));
+    drop(db);
+}
