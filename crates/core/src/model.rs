@@ -19,10 +19,40 @@ pub struct User {
     pub created_at: i64,
 }
 
-/// Usernames are compared after trimming and lower-casing, so `Alice` and `alice ` are
-/// one account.
+/// Usernames are compared in one canonical form: Unicode NFKC, then lower case, then
+/// NFKC again (lower-casing can denormalize), trimmed. So `Alice`, `ALICE `, `ａｌｉｃｅ`
+/// (full-width) and `alice` are one account, and look-alike duplicates cannot be
+/// registered.
 pub fn normalize_username(s: &str) -> String {
-    s.trim().to_lowercase()
+    use unicode_normalization::UnicodeNormalization;
+    let folded: String = s.nfkc().collect::<String>().to_lowercase();
+    folded.nfkc().collect::<String>().trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_username;
+
+    #[test]
+    fn usernames_fold_width_case_and_compatibility_forms() {
+        for same in [
+            "alice",
+            "Alice",
+            " ALICE ",
+            "\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}",
+            "ALİCE".replace('İ', "I").as_str(),
+        ] {
+            assert_eq!(normalize_username(same), "alice", "{same:?}");
+        }
+        // The ligature ﬁ is the two letters f i under NFKC.
+        assert_eq!(normalize_username("\u{fb01}x"), "fix");
+        // Precomposed and combining forms of é are one name.
+        assert_eq!(
+            normalize_username("jos\u{e9}"),
+            normalize_username("jose\u{301}")
+        );
+        assert_ne!(normalize_username("alice"), normalize_username("a1ice"));
+    }
 }
 
 /// A browser session after login. Stored under the digest of the cookie value.

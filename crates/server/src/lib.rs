@@ -9,6 +9,7 @@ pub mod http;
 pub mod keys;
 pub mod password;
 pub mod state;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -175,6 +176,7 @@ pub async fn build_state(
         dummy_password_hash,
         secure_cookies,
         demo,
+        throttle: throttle::Throttle::default(),
     }));
     Ok((state, notes))
 }
@@ -293,10 +295,13 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> Result
     tokio::spawn(sweeper(state.clone()));
     tokio::spawn(key_keeper(state.clone()));
     let app = http::app(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server error: {e}"))
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| format!("server error: {e}"))
 }
 
 async fn shutdown_signal() {

@@ -30,6 +30,8 @@ pub struct Inner {
     pub dummy_password_hash: String,
     /// Cookies carry `Secure` when the issuer is https.
     pub secure_cookies: bool,
+    /// Login and client-authentication slowdown, per-address limits.
+    pub throttle: crate::throttle::Throttle,
     /// Demo relying party settings, when `latchkey demo` runs.
     pub demo: Option<crate::http::demo::DemoClient>,
 }

@@ -317,9 +317,29 @@ fn consent_page(
 
 pub async fn login(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    // TM-06: a burst of 30 sign-ins per address, then one every 2 s.
+    if let Err(retry) = state
+        .throttle
+        .take(&format!("login-ip:{}", peer.ip()), 30.0, 0.5)
+    {
+        tracing::warn!(event = "login_rate_limited", ip = %peer.ip(), "too many sign-in attempts from one address");
+        let mut resp = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &OAuthError::new(
+                latchkey_core::ErrorCode::TemporarilyUnavailable,
+                "too many sign-in attempts from your address; wait a moment and try again",
+            ),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&retry.as_secs().to_string()) {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     if !csrf_ok(&state, &jar, &form.csrf_token) {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -337,9 +357,16 @@ pub async fn login(
             Err(f) => return f.into_response(&state),
         }
     };
+    // Failed attempts on an account slow every attempt on it down (no lockout).
+    let account = format!("login:{}", normalize_username(&form.username));
+    tokio::time::sleep(state.throttle.delay(&account)).await;
     let user = match check_password(&state, &form.username, &form.password).await {
-        Ok(Some(user)) => user,
+        Ok(Some(user)) => {
+            state.throttle.succeed(&account);
+            user
+        }
         Ok(None) => {
+            state.throttle.fail(&account);
             tracing::info!(event = "login_failed", "sign-in failed");
             return login_page(
                 &state,

@@ -62,7 +62,38 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(state)
+}
+
+/// Largest total size of request headers accepted (REL-05).
+pub const MAX_HEADERS: usize = 16 * 1024;
+/// Longest request target (path and query) accepted.
+pub const MAX_URI: usize = 16 * 1024;
+
+/// Refuses oversized headers or URIs up front with 431 / 414, before any handler parses
+/// them.
+async fn limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADERS {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers are larger than 16 KiB\n",
+        )
+            .into_response();
+    }
+    if req.uri().path().len() + req.uri().query().map_or(0, str::len) > MAX_URI {
+        return (
+            StatusCode::URI_TOO_LONG,
+            "request URI is longer than 16 KiB\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// Headers for every HTML page (BCP-20, BCP-21): no framing, no referrer, no caching,
@@ -172,8 +203,19 @@ pub async fn authenticate_client(
         .await
         .map_err(|e| store_failure(&e))?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
-    let authenticated = client.authenticate(&presented)?;
-    Ok((params, client, authenticated))
+    // Failed authentications of a client id slow further attempts on it down (TM-06).
+    let key = format!("client:{}", presented.client_id);
+    let delay = state.throttle.delay(&key);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match client.authenticate(&presented) {
+        Ok(authenticated) => Ok((params, client, authenticated)),
+        Err(e) => {
+            state.throttle.fail(&key);
+            Err(e)
+        }
+    }
 }
 
 /// Logs a storage failure (never with secrets: store errors carry none) and returns the

@@ -8,6 +8,7 @@ mod admin;
 mod flows;
 mod grants;
 mod keys;
+mod logs;
 mod multinode;
 mod negative;
 mod support;
