@@ -197,6 +197,9 @@ pub struct SessionFacts {
     pub auth_time: i64,
     /// The user signed in as part of this very request (after the login form).
     pub just_signed_in: bool,
+    /// The request's `id_token_hint` names another user than the signed-in one
+    /// (OIDC Core §3.1.2.1): the session does not count.
+    pub hint_mismatch: bool,
 }
 
 /// Decides the next step (OIDC Core §3.1.2.3 and §3.1.2.4). `prior_consent` says the
@@ -211,7 +214,11 @@ pub fn next_step(
     let needs_login = match session {
         None => true,
         Some(s) if s.just_signed_in => false,
-        Some(s) => req.prompt.login || req.max_age.is_some_and(|max| now.0 - s.auth_time > max),
+        Some(s) => {
+            s.hint_mismatch
+                || req.prompt.login
+                || req.max_age.is_some_and(|max| now.0 - s.auth_time > max)
+        }
     };
     if needs_login {
         if req.prompt.none {
@@ -372,6 +379,7 @@ mod tests {
         let fresh = SessionFacts {
             auth_time: 995,
             just_signed_in: false,
+            hint_mismatch: false,
         };
         let r = validate(&params(""), Some(&c)).unwrap();
         assert_eq!(next_step(&r, None, now, false).unwrap(), NextStep::Login);
@@ -414,6 +422,21 @@ mod tests {
         assert_eq!(
             next_step(&r, Some(fresh), now, false).unwrap_err().code,
             ErrorCode::ConsentRequired
+        );
+        // OIDC-08: a hint naming another user voids the session.
+        let other = SessionFacts {
+            hint_mismatch: true,
+            ..fresh
+        };
+        let r = validate(&params(""), Some(&c)).unwrap();
+        assert_eq!(
+            next_step(&r, Some(other), now, true).unwrap(),
+            NextStep::Login
+        );
+        let r = validate(&params("&prompt=none"), Some(&c)).unwrap();
+        assert_eq!(
+            next_step(&r, Some(other), now, true).unwrap_err().code,
+            ErrorCode::LoginRequired
         );
         let r = validate(&params("&prompt=consent"), Some(&c)).unwrap();
         assert_eq!(

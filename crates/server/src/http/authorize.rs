@@ -183,15 +183,22 @@ async fn authorize_flow(
         Some((_, user)) => consent_remembered(state, &client, user, &req, now).await?,
         None => false,
     };
-    let facts = session.as_ref().map(|(s, _)| SessionFacts {
-        auth_time: s.auth_time,
-        just_signed_in,
-    });
     let redirect_err = |error| Failure::Redirect {
         redirect_uri: req.redirect_uri.clone(),
         state: req.state.clone(),
         error,
     };
+    // OIDC Core §3.1.2.1: `id_token_hint` must be an ID token we issued (its expiry does
+    // not matter); if it names someone else than the signed-in user, sign in again.
+    let hinted_sub = match &req.id_token_hint {
+        Some(hint) => Some(hint_subject(state, hint).map_err(redirect_err)?),
+        None => None,
+    };
+    let facts = session.as_ref().map(|(s, user)| SessionFacts {
+        auth_time: s.auth_time,
+        just_signed_in,
+        hint_mismatch: hinted_sub.as_ref().is_some_and(|sub| *sub != user.user_id),
+    });
     let step =
         authorize::next_step(&req, facts, state.clock.now(), remembered).map_err(redirect_err)?;
     Ok(match (step, session) {
@@ -201,6 +208,23 @@ async fn authorize_flow(
         }
         _ => login_page(state, jar, Some(&client.name), None, "", query),
     })
+}
+
+/// The subject of an `id_token_hint`: an ID token signed by one of our keys for this
+/// issuer. Typed `JWT`, so an access token (`at+jwt`) is refused (JWT-12).
+pub(super) fn hint_subject(state: &AppState, hint: &str) -> Result<String, OAuthError> {
+    let bad =
+        || OAuthError::invalid_request("id_token_hint is not an ID token issued by this server");
+    let claims =
+        latchkey_core::jose::verify(hint, state.keys().verifying(), "JWT").map_err(|_| bad())?;
+    if claims.get("iss").and_then(|v| v.as_str()) != Some(state.issuer.as_str()) {
+        return Err(bad());
+    }
+    claims
+        .get("sub")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(bad)
 }
 
 /// Consent is remembered for confidential clients that hold an active grant covering
