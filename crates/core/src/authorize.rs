@@ -99,7 +99,12 @@ pub fn validate(
             "redirect_uri is not registered for this client",
         )));
     }
-    debug_assert_eq!(client.client_id, client_id);
+    if client.client_id != client_id {
+        return Err(page(OAuthError::new(
+            ErrorCode::InvalidClient,
+            "unknown client",
+        )));
+    }
 
     let state = params.get("state").map(str::to_owned);
     let redirect = |error: OAuthError| AuthorizeError::Redirect {

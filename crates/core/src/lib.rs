@@ -12,6 +12,8 @@ pub mod authorize;
 pub mod claims;
 pub mod client;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jose;
 pub mod keys;
 pub mod metadata;

@@ -21,7 +21,19 @@ impl Params {
     /// Parses a query string or form body. Duplicate names are `invalid_request`.
     pub fn parse(input: &[u8]) -> Result<Params, OAuthError> {
         let mut map = HashMap::new();
-        for (count, (name, value)) in url::form_urlencoded::parse(input).enumerate() {
+        let pairs = input.split(|b| *b == b'&').filter(|p| !p.is_empty());
+        for (count, pair) in pairs.enumerate() {
+            let (name, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            // Invalid UTF-8 is refused, never replaced: a replaced `state` would not
+            // come back as sent (TM-16), a replaced redirect URI could match another.
+            let (Some(name), Some(value)) = (form_decode(name), form_decode(value)) else {
+                return Err(OAuthError::invalid_request(
+                    "a parameter is not valid UTF-8 after percent-decoding",
+                ));
+            };
             if count >= MAX_PARAMS {
                 return Err(OAuthError::invalid_request("too many parameters"));
             }
@@ -31,13 +43,13 @@ impl Params {
                     printable_name(&name)
                 )));
             }
-            if map.contains_key(name.as_ref()) {
+            if map.contains_key(&name) {
                 return Err(OAuthError::invalid_request(format!(
                     "parameter {} is repeated",
                     printable_name(&name)
                 )));
             }
-            map.insert(name.into_owned(), value.into_owned());
+            map.insert(name, value);
         }
         Ok(Params { map })
     }
@@ -60,9 +72,42 @@ impl Params {
             .ok_or_else(|| OAuthError::invalid_request(format!("missing parameter {name}")))
     }
 
+    /// The parameters that have a value.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.map.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.map
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space,
+/// `%XX` a byte; the bytes must be UTF-8.
+fn form_decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    raw.get(i + 1).copied().and_then(hex),
+                    raw.get(i + 2).copied().and_then(hex),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push(u8::try_from(h * 16 + l).ok()?);
+                        i += 2;
+                    }
+                    // A lone `%` stays as it is, as browsers and the WHATWG parser do.
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn printable_name(name: &str) -> String {
@@ -80,6 +125,17 @@ mod tests {
         assert_eq!(p.get("a"), None);
         assert_eq!(p.get("b"), Some("x y"));
         assert!(p.required("a").is_err());
+    }
+
+    #[test]
+    fn decoding_is_exact_and_refuses_bad_utf8() {
+        let p = Params::parse(b"state=a%2Bb+c%25%26d&e=%C3%A9&lone=100%").unwrap();
+        assert_eq!(p.get("state"), Some("a+b c%&d"));
+        assert_eq!(p.get("e"), Some("\u{e9}"));
+        assert_eq!(p.get("lone"), Some("100%"));
+        assert!(Params::parse(b"state=%ff").is_err());
+        assert!(Params::parse(b"state=\xff").is_err());
+        assert!(Params::parse(b"st%C3ate=1").is_err());
     }
 
     #[test]
