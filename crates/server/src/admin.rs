@@ -22,6 +22,8 @@ pub struct NewClient {
     pub audiences: Vec<String>,
     /// Resource indicators (RFC 8707) this client may request tokens for.
     pub resources: Vec<String>,
+    /// `id_token_signed_response_alg` (OIDC Registration §2); RS256 when absent.
+    pub id_token_alg: Option<String>,
 }
 
 pub struct CreatedClient {
@@ -65,6 +67,12 @@ pub async fn create_client(
             ));
         }
     }
+    let id_token_alg = match new.id_token_alg.as_deref() {
+        None => Alg::RS256,
+        Some(a) => {
+            Alg::parse(a).ok_or_else(|| format!("--id-token-alg {a}: use RS256, ES256 or EdDSA"))?
+        }
+    };
     let grant_types = match &new.grant_types {
         None => vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
         Some(s) => s
@@ -110,7 +118,7 @@ pub async fn create_client(
         audiences: new.audiences,
         resources: new.resources,
         access_token_ttl: 300,
-        id_token_alg: Alg::RS256,
+        id_token_alg,
         created_at: now,
     };
     store

@@ -175,6 +175,9 @@ enum ClientCommand {
         /// tokens carry it as `aud` (repeatable).
         #[arg(long = "resource")]
         resources: Vec<String>,
+        /// Algorithm of this client's ID tokens: RS256 (default), ES256 or EdDSA.
+        #[arg(long)]
+        id_token_alg: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -332,6 +335,7 @@ async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
             post_logout_redirect_uris: vec![format!("{issuer}/demo")],
             audiences: vec![],
             resources: vec![],
+            id_token_alg: None,
         },
         now(),
     )
@@ -373,6 +377,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             post_logout_redirect_uris,
             audiences,
             resources,
+            id_token_alg,
             json,
         } => {
             let (store, _) = open_store(&store.config(None, None)?).await?;
@@ -388,6 +393,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
                     post_logout_redirect_uris,
                     audiences,
                     resources,
+                    id_token_alg,
                 },
                 now(),
             )

@@ -357,3 +357,68 @@ async fn a_revoked_key_leaves_the_jwks_and_its_tokens_stop_working() {
         "{feed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_tokens_use_the_algorithm_the_client_registered() {
+    use openidconnect::core::CoreJwsSigningAlgorithm;
+    let server = TestServer::start();
+    server.create_user("alice", "alice@example.com", "Alice");
+    for (flag, alg) in [
+        (None, "RS256"),
+        (Some("ES256"), "ES256"),
+        (Some("EdDSA"), "EdDSA"),
+    ] {
+        let extra: Vec<&str> = flag.map(|f| vec!["--id-token-alg", f]).unwrap_or_default();
+        let app = server.create_client(&format!("App {alg}"), &extra);
+        let (code, req) = first_code(&server, &Browser::new(&server.issuer), &app, "alice").await;
+        let tokens = redeem(&server.issuer, &app, &code, &req.verifier)
+            .await
+            .ok()
+            .clone();
+        let id = tokens["id_token"].as_str().unwrap();
+        assert_eq!(
+            decode_jwt(id).0["alg"],
+            alg,
+            "ID token of a client registered for {alg}"
+        );
+        assert_eq!(
+            decode_jwt(tokens["access_token"].as_str().unwrap()).0["alg"],
+            "EdDSA",
+            "access tokens use the server default"
+        );
+        if alg == "ES256" {
+            let http = library_http();
+            let metadata = CoreProviderMetadata::discover_async(
+                IssuerUrl::new(server.issuer.clone()).unwrap(),
+                &http,
+            )
+            .await
+            .unwrap();
+            let oidc = CoreClient::from_provider_metadata(
+                metadata,
+                ClientId::new(app.id.clone()),
+                app.secret.clone().map(ClientSecret::new),
+            );
+            let token: CoreIdToken = id.parse().unwrap();
+            let verifier = oidc
+                .id_token_verifier()
+                .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+            token
+                .claims(&verifier, &Nonce::new(req.nonce.clone()))
+                .expect("the openidconnect crate verifies an ES256 ID token");
+        }
+    }
+    let out = server.cli(
+        &["client", "create"],
+        &[
+            "--name",
+            "Bad",
+            "--redirect-uri",
+            REDIRECT_URI,
+            "--id-token-alg",
+            "none",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "alg none is refused at registration");
+}
