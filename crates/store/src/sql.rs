@@ -57,7 +57,7 @@ impl SqliteStore {
         // BEGIN IMMEDIATE takes the write lock up front, so two processes starting on one
         // file migrate one after the other.
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = apply_sqlite(&mut conn, migrations::SQLITE).await;
+        let result = apply_sqlite(&mut conn, migrations::MIGRATIONS).await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
         sqlx::raw_sql(end).execute(&mut *conn).await?;
         result
@@ -121,8 +121,13 @@ impl PgStore {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("v")?;
-        for m in migrations::POSTGRES.iter().filter(|m| m.version > current) {
-            sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        for m in migrations::MIGRATIONS
+            .iter()
+            .filter(|m| m.version > current)
+        {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(migrations::for_postgres(m.sql)))
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)")
                 .bind(m.version)
                 .execute(&mut *tx)
