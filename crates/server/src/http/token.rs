@@ -300,17 +300,7 @@ async fn refresh(
                 .ok_or_else(invalid)?;
             return previous_generation(state, client, fresh, &token, next, scope).await;
         }
-        let user = active_user(state, &grant.user_id).await?;
-        let narrowed = Grant { scope, ..grant };
-        return mint(
-            state,
-            client,
-            &narrowed,
-            &user,
-            Some(next.encode()),
-            None,
-            false,
-        );
+        return mint_refreshed(state, client, grant, scope, &next).await;
     }
     previous_generation(state, client, grant, &token, next, scope).await
 }
@@ -348,17 +338,7 @@ async fn previous_generation(
             .map_err(|e| store_failure(&e))?
     {
         tracing::info!(event = "refresh_grace_retry", grant_id = %grant.grant_id, "refresh retried within the grace window");
-        let user = active_user(state, &grant.user_id).await?;
-        let narrowed = Grant { scope, ..grant };
-        return mint(
-            state,
-            client,
-            &narrowed,
-            &user,
-            Some(next.encode()),
-            None,
-            false,
-        );
+        return mint_refreshed(state, client, grant, scope, &next).await;
     }
     if is_previous || is_superseded(state, token, &grant, current_hash) {
         state
@@ -369,6 +349,28 @@ async fn previous_generation(
         tracing::warn!(event = "refresh_reuse", grant_id = %grant.grant_id, "superseded refresh token presented; grant revoked");
     }
     Err(invalid())
+}
+
+/// The answer to a refresh: tokens for `scope` (at most the grant's), with `next` as
+/// the new refresh token.
+async fn mint_refreshed(
+    state: &AppState,
+    client: &Client,
+    grant: Grant,
+    scope: Scope,
+    next: &RefreshToken,
+) -> Result<TokenResponse, OAuthError> {
+    let user = active_user(state, &grant.user_id).await?;
+    let narrowed = Grant { scope, ..grant };
+    mint(
+        state,
+        client,
+        &narrowed,
+        &user,
+        Some(next.encode()),
+        None,
+        false,
+    )
 }
 
 /// The refresh secret chain: each generation's secret is a MAC of the previous token,
