@@ -188,6 +188,32 @@ pub fn validate(
     })
 }
 
+/// Where to send the error for an authorization request whose parameters did not parse
+/// (repeated, oversized, not UTF-8): the redirect URI and `state`, if `client_id` and
+/// `redirect_uri` are each present once and valid for `client`, and `state` is either
+/// absent or present once and intact (it must come back exactly as sent). Otherwise
+/// `None`: show an error page (BCP-02).
+pub fn malformed_request_target(
+    input: &[u8],
+    client: Option<&Client>,
+) -> Option<(String, Option<String>)> {
+    use crate::params::single_value;
+    let client = client?;
+    if single_value(input, "client_id")? != client.client_id {
+        return None;
+    }
+    let redirect_uri = single_value(input, "redirect_uri")?;
+    client.redirect_uri(&redirect_uri)?;
+    let state_present = input
+        .split(|b| *b == b'&')
+        .any(|p| p.starts_with(b"state=") || p == b"state");
+    let state = single_value(input, "state");
+    if state_present && state.is_none() {
+        return None;
+    }
+    Some((redirect_uri, state))
+}
+
 /// What the user must do before a code can be issued, decided from the session state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextStep {
@@ -219,10 +245,14 @@ pub fn next_step(
     let needs_login = match session {
         None => true,
         Some(s) if s.just_signed_in => false,
+        // max_age=0 means "sign in again now", like prompt=login (OpenID Connect
+        // working group resolution of Core issue 993).
         Some(s) => {
             s.hint_mismatch
                 || req.prompt.login
-                || req.max_age.is_some_and(|max| now.0 - s.auth_time > max)
+                || req
+                    .max_age
+                    .is_some_and(|max| max == 0 || now.0 - s.auth_time > max)
         }
     };
     if needs_login {

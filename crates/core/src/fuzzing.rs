@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets (crates/core/fuzz) and for the stable fuzz smoke
 //! test: each takes arbitrary bytes, drives one parser, and checks invariants that must
 //! hold for every input. A panic is a finding.
+#![allow(clippy::panic, reason = "a failed invariant must stop the fuzzer")]
 
 use crate::authorize;
 use crate::client::{AuthMethod, Client, ClientKind, GrantType, PresentedCredentials};
@@ -55,14 +56,12 @@ pub fn request_parsers(data: &[u8]) {
         params.get("client_id"),
         params.get("client_secret"),
     );
-    if let Some(s) = params.get("scope") {
-        if let Ok(scope) = Scope::parse(s) {
-            assert_eq!(
-                Scope::parse(&scope.to_string()).ok(),
-                Some(scope),
-                "scope round-trips"
-            );
-        }
+    if let Some(Ok(scope)) = params.get("scope").map(Scope::parse) {
+        assert_eq!(
+            Scope::parse(&scope.to_string()).ok(),
+            Some(scope),
+            "scope round-trips"
+        );
     }
 }
 

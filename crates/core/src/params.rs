@@ -81,6 +81,26 @@ impl Params {
     }
 }
 
+/// The value of `name` in a request that may not parse as a whole, if it appears exactly
+/// once, decodes, and is within the length limit. Used only to find where an error
+/// about the other parameters may be sent (RFC 6749 §4.1.2.1).
+pub fn single_value(input: &[u8], name: &str) -> Option<String> {
+    let mut found = None;
+    for pair in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (n, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if form_decode(n).as_deref() == Some(name) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(form_decode(v)?);
+        }
+    }
+    found.filter(|v| !v.is_empty() && v.len() <= MAX_PARAM_LEN)
+}
+
 /// `application/x-www-form-urlencoded` decoding of one name or value: `+` is a space,
 /// `%XX` a byte; the bytes must be UTF-8.
 fn form_decode(raw: &[u8]) -> Option<String> {

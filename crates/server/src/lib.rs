@@ -28,6 +28,19 @@ use latchkey_core::seal::MasterKey;
 /// SQLite file in the data directory (created on first use). Migrations run here.
 /// Returns notes about what was created, for the operator.
 pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Vec<String>), String> {
+    open_store_with(config, true).await
+}
+
+/// Like [`open_store`], for admin commands: they refuse a data directory that does not
+/// exist, so a mistyped `--data-dir` is an error instead of a new, empty store.
+pub async fn open_existing_store(config: &Config) -> Result<(Arc<dyn Store>, Vec<String>), String> {
+    open_store_with(config, false).await
+}
+
+async fn open_store_with(
+    config: &Config,
+    create: bool,
+) -> Result<(Arc<dyn Store>, Vec<String>), String> {
     let mut notes = Vec::new();
     if let Some(url) = &config.database_url {
         let store = PgStore::connect(url)
@@ -36,6 +49,13 @@ pub async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Vec<String>)
         return Ok((Arc::new(store), notes));
     }
     let dir = &config.data_dir;
+    if !create && !dir.join("latchkey.db").exists() {
+        return Err(format!(
+            "no Latchkey data in {}: start `latchkey serve --data-dir {}` once to create it, or pass the right --data-dir",
+            dir.display(),
+            dir.display()
+        ));
+    }
     if !dir.exists() {
         create_private_dir(dir)?;
         notes.push(format!("created data directory {}", dir.display()));

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use latchkey_server::clock::{Clock, SystemClock};
 use latchkey_server::config::{Config, Overrides};
-use latchkey_server::{admin, build_state, open_store};
+use latchkey_server::{admin, build_state, open_existing_store, open_store};
 
 #[derive(Parser)]
 #[command(
@@ -233,6 +233,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -380,7 +381,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             id_token_alg,
             json,
         } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let created = admin::create_client(
                 store.as_ref(),
                 admin::NewClient {
@@ -415,7 +416,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             Ok(())
         }
         ClientCommand::List { store, json } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let clients = store.list_clients().await.map_err(|e| e.to_string())?;
             if json {
                 let list: Vec<_> = clients
@@ -451,7 +452,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
             Ok(())
         }
         ClientCommand::Delete { store, client_id } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             if store
                 .delete_client(&client_id, now())
                 .await
@@ -485,7 +486,7 @@ async fn user_command(u: UserCommand) -> Result<(), String> {
                 .read_line(&mut password)
                 .map_err(|e| format!("cannot read the password: {e}"))?;
             let password = password.trim_end_matches(['\r', '\n']).to_owned();
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let user = admin::create_user(
                 store.as_ref(),
                 admin::NewUser {
@@ -508,7 +509,7 @@ async fn user_command(u: UserCommand) -> Result<(), String> {
             Ok(())
         }
         UserCommand::List { store, json } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let users = store.list_users().await.map_err(|e| e.to_string())?;
             if json {
                 let list: Vec<_> = users
@@ -529,7 +530,7 @@ async fn user_command(u: UserCommand) -> Result<(), String> {
             Ok(())
         }
         UserCommand::Delete { store, user } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let found = admin::find_user(store.as_ref(), &user)
                 .await?
                 .ok_or_else(|| format!("no user {user}"))?;
@@ -552,7 +553,7 @@ async fn grant_command(g: GrantCommand) -> Result<(), String> {
             all,
             json,
         } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let user_id = match user {
                 Some(u) => Some(
                     admin::find_user(store.as_ref(), &u)
@@ -608,7 +609,7 @@ async fn grant_command(g: GrantCommand) -> Result<(), String> {
             Ok(())
         }
         GrantCommand::Revoke { store, grant_id } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             match store.grant(&grant_id).await.map_err(|e| e.to_string())? {
                 None => Err(format!("no grant {grant_id}")),
                 Some(g) if g.revoked_at.is_some() => {
@@ -632,7 +633,7 @@ async fn keys_command(k: KeysCommand) -> Result<(), String> {
     use latchkey_server::keys;
     match k {
         KeysCommand::List { store, json } => {
-            let (store, _) = open_store(&store.config(None, None)?).await?;
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
             let records = store.keys().await.map_err(|e| e.to_string())?;
             if json {
                 let list: Vec<_> = records
@@ -668,15 +669,19 @@ async fn keys_command(k: KeysCommand) -> Result<(), String> {
             now: immediately,
         } => {
             let config = store.config(None, None)?;
-            let (store, _) = open_store(&config).await?;
+            let (store, _) = open_existing_store(&config).await?;
             let (master, _) = latchkey_server::load_master_key(&config, store.as_ref()).await?;
-            let algs =
-                match alg {
-                    Some(a) => vec![latchkey_core::jose::Alg::parse(&a).ok_or_else(|| {
-                        format!("unknown algorithm {a}; use EdDSA, ES256 or RS256")
-                    })?],
-                    None => latchkey_core::jose::Alg::ALL.to_vec(),
-                };
+            let algs = match alg {
+                Some(a) => vec![
+                    latchkey_core::jose::Alg::ALL
+                        .into_iter()
+                        .find(|x| x.as_str().eq_ignore_ascii_case(&a))
+                        .ok_or_else(|| {
+                            format!("unknown algorithm {a}; use EdDSA, ES256 or RS256")
+                        })?,
+                ],
+                None => latchkey_core::jose::Alg::ALL.to_vec(),
+            };
             let writes = keys::rotate(
                 store.as_ref(),
                 &std::sync::Arc::new(master),
@@ -708,7 +713,7 @@ async fn keys_command(k: KeysCommand) -> Result<(), String> {
         }
         KeysCommand::Revoke { store, kid } => {
             let config = store.config(None, None)?;
-            let (store, _) = open_store(&config).await?;
+            let (store, _) = open_existing_store(&config).await?;
             let (master, _) = latchkey_server::load_master_key(&config, store.as_ref()).await?;
             match keys::revoke(store.as_ref(), &std::sync::Arc::new(master), &kid, now())
                 .await

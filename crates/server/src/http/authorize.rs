@@ -137,8 +137,27 @@ fn error_location(
 
 /// Parses and validates the request carried in `raw`, looking the client up.
 async fn validated(state: &AppState, raw: &str) -> Result<(AuthorizationRequest, Client), Failure> {
-    let params =
-        Params::parse(raw.as_bytes()).map_err(|e| Failure::Page(StatusCode::BAD_REQUEST, e))?;
+    let params = match Params::parse(raw.as_bytes()) {
+        Ok(p) => p,
+        // RFC 6749 §4.1.2.1: a malformed parameter is `invalid_request`, sent back to
+        // the client when its redirect URI can still be validated.
+        Err(error) => {
+            let client = match latchkey_core::params::single_value(raw.as_bytes(), "client_id") {
+                Some(id) => state.store.client(&id).await?,
+                None => None,
+            };
+            return Err(
+                match authorize::malformed_request_target(raw.as_bytes(), client.as_ref()) {
+                    Some((redirect_uri, state)) => Failure::Redirect {
+                        redirect_uri,
+                        state,
+                        error,
+                    },
+                    None => Failure::Page(StatusCode::BAD_REQUEST, error),
+                },
+            );
+        }
+    };
     let client = match params.get("client_id") {
         Some(id) => state.store.client(id).await?,
         None => None,

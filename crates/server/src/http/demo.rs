@@ -14,7 +14,7 @@ use latchkey_core::secret::ct_eq;
 use serde::Deserialize;
 
 use super::authorize::cookie;
-use super::pages::{DemoPage, error_page, render};
+use super::pages::{DemoPage, error_page, message_page, render};
 use super::see_other;
 use crate::state::AppState;
 
@@ -81,6 +81,15 @@ pub async fn callback(
     jar: CookieJar,
     Query(cb): Query<Callback>,
 ) -> Response {
+    // RFC 6749 §4.1.2.1: the user said no; that is an answer, not a fault.
+    if cb.error.as_deref() == Some("access_denied") {
+        return message_page(
+            StatusCode::OK,
+            "You denied the demo app",
+            "The authorization server sent the demo app back with error=access_denied, so it received no tokens.",
+            Some(("/demo", "Try again")),
+        );
+    }
     match run_callback(&state, &jar, cb).await {
         Ok(page) => render(StatusCode::OK, &page),
         Err(msg) => error_page(StatusCode::BAD_REQUEST, &OAuthError::invalid_request(msg)),

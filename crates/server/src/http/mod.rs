@@ -54,7 +54,9 @@ pub fn app(state: AppState) -> Router {
         )
         .route(paths::ACCOUNT, get(account::account))
         .route("/account/revoke", post(account::revoke_app))
-        .route("/", get(pages::home));
+        .route("/", get(pages::home))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .fallback(pages::not_found);
     if state.demo.is_some() {
         router = router
             .route("/demo", get(demo::start))

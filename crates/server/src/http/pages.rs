@@ -68,6 +68,34 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Response {
     }
 }
 
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage<'a> {
+    title: &'a str,
+    text: &'a str,
+    link: Option<(&'a str, &'a str)>,
+}
+
+/// A page that tells the user something, with an optional link onwards.
+pub fn message_page(
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    link: Option<(&str, &str)>,
+) -> Response {
+    render(status, &MessagePage { title, text, link })
+}
+
+/// 404 for unknown paths, as a page rather than an empty body.
+pub async fn not_found() -> Response {
+    message_page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no page at this address.",
+        Some(("/", "Latchkey home")),
+    )
+}
+
 pub fn error_page(status: StatusCode, err: &OAuthError) -> Response {
     let title = match err.code {
         latchkey_core::ErrorCode::InvalidClient => "Unknown application",
