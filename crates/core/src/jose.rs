@@ -4,9 +4,7 @@
 //! decoding.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, UnparsedPublicKey,
-};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -229,22 +227,18 @@ pub struct Jwk {
     pub e: Option<String>,
 }
 
-/// A public key for verification, bound to the one algorithm its JWK declares.
+/// A public key for verification, bound to the one algorithm its JWK declares, parsed
+/// once (a verification then costs only the signature check).
 #[derive(Debug, Clone)]
 pub struct VerifyingKey {
     pub kid: String,
     pub alg: Alg,
-    material: Material,
-}
-
-#[derive(Debug, Clone)]
-enum Material {
-    Point(Vec<u8>),
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    public: std::sync::Arc<signature::ParsedPublicKey>,
 }
 
 impl VerifyingKey {
-    /// Builds a key from a JWK; its `kty`, `crv` and `alg` must agree.
+    /// Builds a key from a JWK; its `kty`, `crv` and `alg` must agree, and an RSA key
+    /// must have at least 2048 bits (RFC 7518 §3.3).
     pub fn from_jwk(jwk: &Jwk) -> Result<VerifyingKey, JoseError> {
         let alg = Alg::parse(&jwk.alg).ok_or(JoseError::AlgorithmNotAllowed)?;
         let dec = |v: &Option<String>| -> Result<Vec<u8>, JoseError> {
@@ -252,42 +246,38 @@ impl VerifyingKey {
                 .decode(v.as_deref().ok_or(JoseError::Key)?)
                 .map_err(|_| JoseError::Key)
         };
-        let material = match (alg, jwk.kty.as_str(), jwk.crv.as_deref()) {
-            (Alg::EdDSA, "OKP", Some("Ed25519")) => Material::Point(dec(&jwk.x)?),
+        let public = match (alg, jwk.kty.as_str(), jwk.crv.as_deref()) {
+            (Alg::EdDSA, "OKP", Some("Ed25519")) => {
+                signature::ParsedPublicKey::new(&signature::ED25519, dec(&jwk.x)?)
+                    .map_err(|_| JoseError::Key)?
+            }
             (Alg::ES256, "EC", Some("P-256")) => {
                 let mut point = vec![4u8];
                 point.extend(dec(&jwk.x)?);
                 point.extend(dec(&jwk.y)?);
-                Material::Point(point)
+                signature::ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .map_err(|_| JoseError::Key)?
             }
-            (Alg::RS256, "RSA", None) => Material::Rsa {
-                n: dec(&jwk.n)?,
-                e: dec(&jwk.e)?,
-            },
+            (Alg::RS256, "RSA", None) => {
+                let (n, e) = (dec(&jwk.n)?, dec(&jwk.e)?);
+                if n.len() < 256 {
+                    return Err(JoseError::Key);
+                }
+                signature::RsaPublicKeyComponents { n: &n, e: &e }
+                    .to_parsed_public_key(&signature::RSA_PKCS1_2048_8192_SHA256)
+                    .map_err(|_| JoseError::Key)?
+            }
             _ => return Err(JoseError::Key),
         };
         Ok(VerifyingKey {
             kid: jwk.kid.clone(),
             alg,
-            material,
+            public: std::sync::Arc::new(public),
         })
     }
 
     fn verify_bytes(&self, input: &[u8], sig: &[u8]) -> bool {
-        match (&self.material, self.alg) {
-            (Material::Point(p), Alg::EdDSA) => UnparsedPublicKey::new(&signature::ED25519, p)
-                .verify(input, sig)
-                .is_ok(),
-            (Material::Point(p), Alg::ES256) => {
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
-                    .verify(input, sig)
-                    .is_ok()
-            }
-            (Material::Rsa { n, e }, Alg::RS256) => signature::RsaPublicKeyComponents { n, e }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, input, sig)
-                .is_ok(),
-            _ => false,
-        }
+        self.public.verify_sig(input, sig).is_ok()
     }
 }
 
