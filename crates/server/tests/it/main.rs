@@ -13,3 +13,4 @@ mod logs;
 mod multinode;
 mod negative;
 mod support;
+mod verify;
