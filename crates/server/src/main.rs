@@ -284,11 +284,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (state, key_notes) = build_state(config, store, issuer.clone(), None).await?;
     notes.extend(key_notes);
     notes.iter().for_each(|n| println!("{n}"));
+    if let Ok(addr) = listener.local_addr() {
+        println!("bound to {addr}");
+    }
     println!("listening on {issuer}");
     latchkey_server::serve(listener, state).await
 }
 
 async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
+    let temporary = data_dir.is_none();
     let data_dir = match data_dir {
         Some(d) => d,
         None => {
@@ -305,8 +309,11 @@ async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
         database_url: None,
     };
     let config = Config::load(None, overrides)?;
+    // Bind first: a busy port should not leave a data directory behind.
+    let (listener, issuer) = latchkey_server::bind(&config)
+        .await
+        .map_err(|e| format!("{e} (pick another address with --listen)"))?;
     let (store, mut notes) = open_store(&config).await?;
-    let (listener, issuer) = latchkey_server::bind(&config).await?;
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let password = latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed")?
         [..12]
@@ -362,7 +369,12 @@ async fn demo(listen: String, data_dir: Option<PathBuf>) -> Result<(), String> {
     );
     println!("  Data directory: {} (Ctrl-C to stop)", data_dir.display());
     println!();
-    latchkey_server::serve(listener, state).await
+    let served = latchkey_server::serve(listener, state).await;
+    if temporary {
+        // The demo's store lived only for this run.
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    served
 }
 
 async fn client_command(c: ClientCommand) -> Result<(), String> {

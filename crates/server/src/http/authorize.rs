@@ -340,13 +340,20 @@ fn consent_page(
     let (jar, csrf_token) = csrf_token(state, jar);
     let redirect_host = url::Url::parse(&req.redirect_uri)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+        })
         .unwrap_or_else(|| req.redirect_uri.clone());
-    let scopes = req
+    // Signing in first, then what the app may see and do.
+    let mut scopes: Vec<(String, String)> = req
         .scope
         .iter()
         .map(|s| (s.to_owned(), scope::describe(s)))
         .collect();
+    scopes.sort_by_key(|(s, _)| s != "openid");
     let page = ConsentPage {
         client_name: &client.name,
         username: user.name.as_deref().unwrap_or(&user.username),
