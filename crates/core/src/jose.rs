@@ -357,10 +357,17 @@ pub fn verify(
     }
 }
 
-/// OIDC Core §3.1.3.6 `at_hash`: left half of SHA-256 of the access token, base64url.
-pub fn at_hash(access_token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
-    URL_SAFE_NO_PAD.encode(&d.as_ref()[..16])
+/// OIDC Core §3.1.3.6 `at_hash`: the left half of the hash of the access token,
+/// base64url, with the hash of the ID token's algorithm: SHA-256 for RS256 and ES256,
+/// SHA-512 for EdDSA with Ed25519 (the hash Ed25519 itself uses).
+pub fn at_hash(id_token_alg: Alg, access_token: &str) -> String {
+    use aws_lc_rs::digest::{SHA256, SHA512, digest};
+    let d = match id_token_alg {
+        Alg::EdDSA => digest(&SHA512, access_token.as_bytes()),
+        Alg::ES256 | Alg::RS256 => digest(&SHA256, access_token.as_bytes()),
+    };
+    let bytes = d.as_ref();
+    URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2])
 }
 
 #[cfg(test)]
@@ -456,7 +463,7 @@ mod tests {
     fn at_hash_matches_oidc_example() {
         // OIDC Core Appendix A.3 example values.
         assert_eq!(
-            at_hash("jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
+            at_hash(Alg::RS256, "jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
             "77QmUPtjPfzWtF2AnpK9RQ"
         );
     }

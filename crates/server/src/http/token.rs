@@ -493,7 +493,7 @@ fn mint(
             } else {
                 None
             },
-            at_hash: Some(at_hash(&access_token)),
+            at_hash: Some(at_hash(client.id_token_alg, &access_token)),
             azp: client.client_id.clone(),
             sid: None,
         };

@@ -386,27 +386,38 @@ async fn id_tokens_use_the_algorithm_the_client_registered() {
             "EdDSA",
             "access tokens use the server default"
         );
-        if alg == "ES256" {
-            let http = library_http();
-            let metadata = CoreProviderMetadata::discover_async(
-                IssuerUrl::new(server.issuer.clone()).unwrap(),
-                &http,
-            )
-            .await
-            .unwrap();
-            let oidc = CoreClient::from_provider_metadata(
-                metadata,
-                ClientId::new(app.id.clone()),
-                app.secret.clone().map(ClientSecret::new),
-            );
-            let token: CoreIdToken = id.parse().unwrap();
-            let verifier = oidc
-                .id_token_verifier()
-                .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
-            token
-                .claims(&verifier, &Nonce::new(req.nonce.clone()))
-                .expect("the openidconnect crate verifies an ES256 ID token");
-        }
+        // A relying party verifies the ID token and its at_hash (SHA-512 for EdDSA).
+        let http = library_http();
+        let metadata = CoreProviderMetadata::discover_async(
+            IssuerUrl::new(server.issuer.clone()).unwrap(),
+            &http,
+        )
+        .await
+        .unwrap();
+        let oidc = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(app.id.clone()),
+            app.secret.clone().map(ClientSecret::new),
+        );
+        let token: CoreIdToken = id.parse().unwrap();
+        let allowed = match alg {
+            "ES256" => CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+            "EdDSA" => CoreJwsSigningAlgorithm::EdDsa,
+            _ => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        };
+        let verifier = oidc.id_token_verifier().set_allowed_algs(vec![allowed]);
+        let claims = token
+            .claims(&verifier, &Nonce::new(req.nonce.clone()))
+            .unwrap_or_else(|e| panic!("{alg} ID token: {e:?}"));
+        let access =
+            openidconnect::AccessToken::new(tokens["access_token"].as_str().unwrap().to_owned());
+        let actual = openidconnect::AccessTokenHash::from_token(
+            &access,
+            token.signing_alg().unwrap(),
+            token.signing_key(&verifier).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Some(&actual), claims.access_token_hash(), "{alg} at_hash");
     }
     let out = server.cli(
         &["client", "create"],
