@@ -3,6 +3,8 @@
 //! coverage-guided runs use `scripts/fuzz` (libFuzzer, nightly). Iterations per target:
 //! LATCHKEY_FUZZ_ITERATIONS (default 20,000).
 
+#![allow(clippy::panic, reason = "a test fails by panicking")]
+
 use latchkey_core::fuzzing;
 
 struct Rng(u64);

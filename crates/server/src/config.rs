@@ -52,6 +52,12 @@ pub struct Config {
     pub key_check_interval: i64,
     /// Algorithm of access tokens: EdDSA (default), ES256 or RS256.
     pub access_token_alg: String,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the
+    /// client address; from anyone else the header is ignored (RFC 9700 §4.13).
+    pub trusted_proxies: Vec<String>,
+    /// Accept a plain-http issuer on a host that is not loopback. Cookies then lack
+    /// `Secure` and passwords cross the network in clear: for private test networks only.
+    pub danger_allow_http_issuer: bool,
 }
 
 /// The settings' names, as TOML keys and (upper-cased, with `LATCHKEY_`) variables.
@@ -75,6 +81,8 @@ const FIELDS: &[&str] = &[
     "jwks_max_age",
     "key_check_interval",
     "access_token_alg",
+    "trusted_proxies",
+    "danger_allow_http_issuer",
 ];
 
 impl Default for Config {
@@ -99,6 +107,8 @@ impl Default for Config {
             jwks_max_age: 300,
             key_check_interval: 30,
             access_token_alg: "EdDSA".to_owned(),
+            trusted_proxies: Vec::new(),
+            danger_allow_http_issuer: false,
         }
     }
 }
@@ -163,6 +173,13 @@ impl Config {
                     .to_owned(),
             );
         }
+        for p in &self.trusted_proxies {
+            if crate::net::Cidr::parse(p).is_none() {
+                return Err(format!(
+                    "trusted_proxies: {p} is not an IP address or CIDR block"
+                ));
+            }
+        }
         if !(0..=300).contains(&self.refresh_grace_seconds) {
             return Err("refresh_grace_seconds must be between 0 and 300".to_owned());
         }
@@ -199,12 +216,24 @@ impl Config {
     }
 }
 
-/// Checks an issuer identifier (RFC 8414 §2): an http(s) URL with no query or fragment.
+/// Checks an issuer identifier (RFC 8414 §2): an https URL with no query or fragment;
+/// plain http only on a loopback address (a laptop) unless `allow_http` says otherwise.
 /// Returns it without a trailing slash.
-pub fn check_issuer(issuer: &str) -> Result<String, String> {
+pub fn check_issuer(issuer: &str, allow_http: bool) -> Result<String, String> {
     let url = url::Url::parse(issuer).map_err(|e| format!("issuer {issuer} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
         return Err(format!("issuer {issuer} must be an https URL"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if url.scheme() == "http" && !loopback && !allow_http {
+        return Err(format!(
+            "issuer {issuer} uses plain http on a network address: use https (or, on a private test network only, danger_allow_http_issuer = true)"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("issuer {issuer} must not have a query or fragment"));

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod net;
 pub mod password;
 pub mod state;
 pub mod throttle;
@@ -197,6 +198,7 @@ pub async fn build_state(
         secure_cookies,
         demo,
         throttle: throttle::Throttle::default(),
+        hashing: tokio::sync::Semaphore::new(hashing_permits()),
     }));
     Ok((state, notes))
 }
@@ -297,6 +299,12 @@ async fn key_keeper(state: AppState) {
     }
 }
 
+/// How many argon2id verifications (19 MiB each) may run at once: twice the cores.
+/// More sign-ins wait for a permit instead of taking memory.
+fn hashing_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
 /// Binds the listen address and returns the listener with the issuer it implies.
 pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, String), String> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -304,7 +312,7 @@ pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, String), 
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
     let issuer = match &config.issuer {
-        Some(i) => config::check_issuer(i)?,
+        Some(i) => config::check_issuer(i, config.danger_allow_http_issuer)?,
         None => format!("http://{addr}"),
     };
     Ok((listener, issuer))

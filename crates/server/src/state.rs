@@ -32,6 +32,8 @@ pub struct Inner {
     pub secure_cookies: bool,
     /// Login and client-authentication slowdown, per-address limits.
     pub throttle: crate::throttle::Throttle,
+    /// Permits for password hashing (bounded memory under a flood of sign-ins).
+    pub hashing: tokio::sync::Semaphore,
     /// Demo relying party settings, when `latchkey demo` runs.
     pub demo: Option<crate::http::demo::DemoClient>,
 }

@@ -40,7 +40,11 @@ impl Throttle {
 
     pub fn fail(&self, key: &str) {
         let mut map = lock(&self.failures);
-        prune(&mut map, |(_, last)| last.elapsed() >= FAILURE_WINDOW);
+        prune(
+            &mut map,
+            |(_, last)| last.elapsed() >= FAILURE_WINDOW,
+            |(n, _)| *n > FREE_FAILURES,
+        );
         let e = map.entry(key.to_owned()).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             e.0 = 0;
@@ -57,9 +61,11 @@ impl Throttle {
     /// Returns `Err(retry_after)` when empty.
     pub fn take(&self, key: &str, burst: f64, per_second: f64) -> Result<(), Duration> {
         let mut map = lock(&self.buckets);
-        prune(&mut map, |(tokens, at)| {
-            *tokens + at.elapsed().as_secs_f64() * per_second >= burst
-        });
+        prune(
+            &mut map,
+            |(tokens, at)| *tokens + at.elapsed().as_secs_f64() * per_second >= burst,
+            |(tokens, _)| *tokens < 1.0,
+        );
         let now = Instant::now();
         let (tokens, at) = map.entry(key.to_owned()).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
@@ -77,11 +83,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Keeps a map bounded: drops entries that no longer matter, and if that is not enough,
-/// everything (an attacker who floods with distinct keys only resets counters).
-fn prune<V>(map: &mut HashMap<String, V>, stale: impl Fn(&V) -> bool) {
+/// Keeps a map bounded: drops entries that no longer matter, then those that matter
+/// least; the ones under attack (`keep`) stay, so a flood of new keys cannot reset
+/// them. Only if every entry is under attack is the map emptied.
+fn prune<V>(map: &mut HashMap<String, V>, stale: impl Fn(&V) -> bool, keep: impl Fn(&V) -> bool) {
     if map.len() >= MAX_KEYS {
         map.retain(|_, v| !stale(v));
+        if map.len() >= MAX_KEYS {
+            map.retain(|_, v| keep(v));
+        }
         if map.len() >= MAX_KEYS {
             map.clear();
         }

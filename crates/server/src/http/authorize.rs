@@ -368,15 +368,18 @@ fn consent_page(
 pub async fn login(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> Response {
     // TM-06: a burst of 30 sign-ins per address, then one every 2 s.
-    if let Err(retry) = state
-        .throttle
-        .take(&format!("login-ip:{}", peer.ip()), 30.0, 0.5)
-    {
-        tracing::warn!(event = "login_rate_limited", ip = %peer.ip(), "too many sign-in attempts from one address");
+    let ip = crate::net::client_ip(peer, &headers, &state.config.trusted_proxies);
+    if let Err(retry) = state.throttle.take(
+        &format!("login-ip:{}", crate::net::limit_key(ip)),
+        30.0,
+        0.5,
+    ) {
+        tracing::warn!(event = "login_rate_limited", ip = %ip, "too many sign-in attempts from one address");
         let mut resp = error_page(
             StatusCode::TOO_MANY_REQUESTS,
             &OAuthError::new(
@@ -554,6 +557,10 @@ async fn check_password(
         |u| u.password_hash.clone(),
     );
     let password = password.to_owned();
+    // A bounded number of argon2id runs at once; the rest wait for a permit.
+    let Ok(_permit) = state.hashing.acquire().await else {
+        return Ok(None);
+    };
     let ok = tokio::task::spawn_blocking(move || crate::password::verify(&password, &hash))
         .await
         .unwrap_or(false);

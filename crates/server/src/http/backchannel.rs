@@ -26,8 +26,11 @@ enum Presented {
 
 /// Identifies a token of ours. Access tokens must carry a valid signature; `allow_expired`
 /// lets revocation act on an expired one.
+/// A refresh token is only examined for its own client: walking its chain costs up to
+/// `MAX_CHAIN_WALK` MACs, which another caller must not be able to spend.
 async fn identify(
     state: &AppState,
+    caller: &Client,
     token: &str,
     allow_expired: bool,
 ) -> Result<Presented, OAuthError> {
@@ -38,11 +41,11 @@ async fn identify(
             .await
             .map_err(|e| store_failure(&e))?;
         return Ok(match grant {
-            Some(g) => {
+            Some(g) if g.client_id == caller.client_id => {
                 let standing = refresh_standing(state, &rt, &g);
                 Presented::Refresh(g, standing)
             }
-            None => Presented::Unknown,
+            _ => Presented::Unknown,
         });
     }
     let Ok(raw) = jose::verify(token, state.keys().verifying(), ACCESS_TOKEN_TYP) else {
@@ -61,14 +64,15 @@ async fn identify(
 /// never does (REL-06).
 pub async fn revoke(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        let (params, client, _auth) = authenticate_client(&state, &headers, &body).await?;
+        let (params, client, _auth) = authenticate_client(&state, peer, &headers, &body).await?;
         let token = params.required("token")?;
         let now = state.now();
-        let grant_id = match identify(&state, token, true).await? {
+        let grant_id = match identify(&state, &client, token, true).await? {
             Presented::Refresh(g, standing) if standing != RefreshStanding::Unknown && g.client_id == client.client_id => Some(g.grant_id),
             Presented::Access(c) if c.client_id == client.client_id => c.gid,
             _ => None,
@@ -96,11 +100,12 @@ pub async fn revoke(
 /// else is `{"active": false}` and nothing more (§2.2).
 pub async fn introspect(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let result = async {
-        let (params, client, _auth) = authenticate_client(&state, &headers, &body).await?;
+        let (params, client, _auth) = authenticate_client(&state, peer, &headers, &body).await?;
         // §2.1: the caller must be authenticated; a public client has no credentials.
         if client.kind == ClientKind::Public {
             return Err(OAuthError::invalid_client(
@@ -128,7 +133,7 @@ async fn introspection(
 ) -> Result<serde_json::Value, OAuthError> {
     let inactive = serde_json::json!({ "active": false });
     let now = state.clock.now();
-    match identify(state, token, false).await? {
+    match identify(state, caller, token, false).await? {
         Presented::Refresh(grant, RefreshStanding::Current)
             if grant.client_id == caller.client_id && grant.is_active(now) =>
         {
@@ -208,7 +213,7 @@ const FEED_OVERLAP: i64 = 10;
 /// The revocation feed: what was revoked since a cursor, bounded to the longest
 /// access-token lifetime (older revocations concern only expired tokens). APIs poll it
 /// with HTTP Basic client credentials and reject tokens whose `gid`, `sub` or
-/// `client_id` it lists. See docs/revocation.md.
+/// `client_id` it lists. See docs/state-and-revocation.md.
 pub async fn revocation_feed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -228,6 +233,12 @@ pub async fn revocation_feed(
             .map_err(|e| store_failure(&e))?
             .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
         client.authenticate(&presented)?;
+        // The feed names users and clients: it is for the APIs, not for every app.
+        if client.audiences.is_empty() {
+            return Err(OAuthError::unauthorized_client(
+                "only clients registered as an API (--serves-audience) may read the revocation feed",
+            ));
+        }
         let now = state.now();
         let window = feed_window(&state);
         let since = q.since.unwrap_or(0).max(now - window);

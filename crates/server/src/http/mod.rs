@@ -163,6 +163,7 @@ pub fn json_error(err: &OAuthError) -> Response {
 /// §2.3), authenticated. Used by the token, revocation and introspection endpoints.
 pub async fn authenticate_client(
     state: &AppState,
+    peer: std::net::SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<
@@ -205,8 +206,15 @@ pub async fn authenticate_client(
         .await
         .map_err(|e| store_failure(&e))?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
-    // Failed authentications of a client id slow further attempts on it down (TM-06).
-    let key = format!("client:{}", presented.client_id);
+    // Failed authentications of a client id from one address slow further attempts
+    // from that address down (TM-06). Keyed by address too: the client id is public, so
+    // anyone could otherwise slow a client down for everyone.
+    let ip = crate::net::client_ip(peer, headers, &state.config.trusted_proxies);
+    let key = format!(
+        "client:{}:{}",
+        presented.client_id,
+        crate::net::limit_key(ip)
+    );
     let delay = state.throttle.delay(&key);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -38,10 +38,11 @@ pub struct TokenResponse {
 
 pub async fn token(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match exchange(&state, &headers, &body).await {
+    match exchange(&state, peer, &headers, &body).await {
         Ok(resp) => (
             [
                 (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -63,10 +64,12 @@ pub async fn token(
 
 async fn exchange(
     state: &AppState,
+    peer: std::net::SocketAddr,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<TokenResponse, OAuthError> {
-    let (params, client, authenticated) = super::authenticate_client(state, headers, body).await?;
+    let (params, client, authenticated) =
+        super::authenticate_client(state, peer, headers, body).await?;
     let request = TokenRequest::parse(&params)?;
     if !client.allows_grant(request.grant_type()) {
         return Err(OAuthError::unauthorized_client(format!(

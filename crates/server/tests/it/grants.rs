@@ -813,9 +813,16 @@ async fn revoking_unknown_or_foreign_tokens_succeeds_and_revokes_nothing() {
             .await
             .active();
     }
-    let feed = feed(&server, Some(creds(&victim_app)), None)
-        .await
-        .ok_json();
+    let api = server.create_client(
+        "API",
+        &[
+            "--grant-types",
+            "client_credentials",
+            "--serves-audience",
+            &server.issuer,
+        ],
+    );
+    let feed = feed(&server, Some(creds(&api)), None).await.ok_json();
     assert!(
         feed_entries(&feed).is_empty(),
         "nothing was revoked, yet the feed lists {feed}"
@@ -1281,6 +1288,11 @@ async fn revocation_feed_lists_grants_users_and_clients() {
         answer.assert_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
 
+    // An app that is not registered as an API may not read it (it names users).
+    feed(&server, Some(creds(&app)), None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "unauthorized_client");
+
     let start = unix_now();
     let empty = feed(&server, Some(creds(&api)), None).await.ok_json();
     assert_eq!(empty["revoked"], json!([]), "fresh server: {empty}");
@@ -1340,7 +1352,9 @@ async fn revocation_feed_lists_grants_users_and_clients() {
     assert_eq!(full["more"], Value::Bool(false), "{full}");
 
     // Any confidential client may read it.
-    let by_app = feed(&server, Some(creds(&app)), None).await.ok_json();
+    let by_app = feed(&server, Some(creds(&feed_reader(&server))), None)
+        .await
+        .ok_json();
     assert_eq!(
         feed_entries(&by_app),
         entries,
@@ -1422,7 +1436,9 @@ async fn refresh_retry_within_grace_window_gets_the_same_successor_once() {
     introspect(&server, Some(app.auth()), &retry.access)
         .await
         .assert_inactive();
-    let feed = feed(&server, Some(creds(&app)), None).await.ok_json();
+    let feed = feed(&server, Some(creds(&feed_reader(&server))), None)
+        .await
+        .ok_json();
     assert!(feed_lists(&feed, "grant", &first.grant_id), "{feed}");
 }
 
@@ -1702,7 +1718,9 @@ async fn account_page_lists_authorized_apps_and_revokes_them() {
         page.body
     );
 
-    let feed = feed(&server, Some(creds(&photos)), None).await.ok_json();
+    let feed = feed(&server, Some(creds(&feed_reader(&server))), None)
+        .await
+        .ok_json();
     for g in [&p1, &p2] {
         assert!(feed_lists(&feed, "grant", &g.grant_id), "{feed}");
     }
@@ -2007,7 +2025,9 @@ async fn logout_revokes_the_sessions_grants_only_when_configured() {
         }
         let kept = refreshed(&server, &app, &elsewhere.refresh).await;
         assert_userinfo_ok(&server, &kept.access, &what).await;
-        let feed = feed(&server, Some(creds(&app)), None).await.ok_json();
+        let feed = feed(&server, Some(creds(&feed_reader(&server))), None)
+            .await
+            .ok_json();
         assert_eq!(
             feed_lists(&feed, "grant", &g1.grant_id),
             revokes,
@@ -2205,8 +2225,23 @@ async fn user_delete_revokes_the_users_grants() {
     // The feed names the user by the sub of their tokens.
     let (_, claims) = decode_jwt(&a1.access);
     assert_eq!(claims["sub"].as_str(), Some(alice_id.as_str()));
-    let feed = feed(&server, Some(creds(&app)), None).await.ok_json();
+    let feed = feed(&server, Some(creds(&feed_reader(&server))), None)
+        .await
+        .ok_json();
     assert!(feed_lists(&feed, "user", &alice_id), "{feed}");
     // Her session ended too: the browser must sign in again (and cannot).
     assert!(!signed_in(&server, &alice, &app).await);
+}
+
+/// A client registered as an API, which may read the revocation feed.
+fn feed_reader(server: &TestServer) -> TestClient {
+    server.create_client(
+        "Feed reader",
+        &[
+            "--grant-types",
+            "client_credentials",
+            "--serves-audience",
+            "urn:latchkey:feed-reader",
+        ],
+    )
 }

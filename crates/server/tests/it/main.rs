@@ -13,4 +13,5 @@ mod logs;
 mod multinode;
 mod negative;
 mod support;
+mod throttling;
 mod verify;

@@ -359,6 +359,9 @@ fn create_client(backend: &Backend) -> TestClient {
             REDIRECT_URI,
             "--grant-types",
             "authorization_code,refresh_token,client_credentials",
+            // Also an API, so it may read the revocation feed.
+            "--serves-audience",
+            "urn:latchkey:multinode-api",
         ],
         None,
     );

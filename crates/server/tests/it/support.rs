@@ -514,6 +514,23 @@ impl Browser {
         read_page(resp).await
     }
 
+    /// POSTs a form with one extra request header; returns the status.
+    pub async fn post_form_with_header(
+        &self,
+        url: &str,
+        form: &[(String, String)],
+        header: (&str, &str),
+    ) -> StatusCode {
+        self.http
+            .post(url)
+            .header(header.0, header.1)
+            .form(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+            .status()
+    }
+
     fn same_origin(&self, url: &Url) -> bool {
         url.origin() == self.issuer.origin()
     }
