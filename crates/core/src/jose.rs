@@ -449,6 +449,33 @@ mod tests {
             verify("a.b.c.d.e", keys, "at+jwt"),
             Err(JoseError::Malformed)
         );
+        // JWT-06: compression is refused; JWT-07: only UTF-8 headers and claims, even
+        // under a valid signature.
+        let zip = format!(
+            "{}.{}.",
+            b(serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k-EdDSA", "zip": "DEF"})),
+            body
+        );
+        assert_eq!(
+            verify(&zip, keys, "at+jwt"),
+            Err(JoseError::ForbiddenHeader("zip"))
+        );
+        let bad_header = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(b"{\"alg\":\"EdDSA\xff\"}"),
+            body
+        );
+        assert_eq!(
+            verify(&bad_header, keys, "at+jwt"),
+            Err(JoseError::BadHeader)
+        );
+        let header = b(serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k-EdDSA"}));
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(b"{\"sub\":\"\xff\"}"));
+        let sig = URL_SAFE_NO_PAD.encode(k.sign_bytes(input.as_bytes()).unwrap());
+        assert_eq!(
+            verify(&format!("{input}.{sig}"), keys, "at+jwt"),
+            Err(JoseError::BadClaims)
+        );
         assert_eq!(
             verify("{\"a\":1}.b.c", keys, "at+jwt"),
             Err(JoseError::Malformed)

@@ -1,6 +1,7 @@
 //! No secret in logs (REL-07): the server runs with every log level on through full
 //! flows (sign-in, a failed sign-in, code, tokens, refresh, userinfo, introspection,
 //! revocation, logout), and its log must contain none of the secrets that crossed it.
+//! Nor may the database (TM-05): it keeps digests only.
 
 use crate::support::*;
 
@@ -121,4 +122,25 @@ async fn no_token_code_secret_or_password_reaches_the_log() {
         .map(|(n, _)| n.as_str())
         .collect();
     assert!(leaked.is_empty(), "secrets in the log: {leaked:?}");
+
+    // TM-05: nor in the database, main file or write-ahead log.
+    let mut db = Vec::new();
+    for f in ["latchkey.db", "latchkey.db-wal"] {
+        db.extend(std::fs::read(server.data_dir.join(f)).unwrap_or_default());
+    }
+    assert!(db.len() > 10_000, "read the database ({} bytes)", db.len());
+    let db = String::from_utf8_lossy(&db);
+    assert!(
+        db.contains(&app.id),
+        "the scan sees stored values (the client id)"
+    );
+    let stored: Vec<&str> = secrets
+        .iter()
+        .filter(|(_, v)| db.contains(v.as_str()))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        stored.is_empty(),
+        "secrets stored in the database: {stored:?}"
+    );
 }

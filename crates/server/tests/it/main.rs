@@ -12,6 +12,7 @@ mod keys;
 mod logs;
 mod multinode;
 mod negative;
+mod oidc;
 mod support;
 mod throttling;
 mod verify;
