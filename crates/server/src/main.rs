@@ -187,6 +187,17 @@ enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give a confidential client a new secret (printed once); the old one stops working
+    /// at once. With --revoke-grants, every grant the client holds is revoked too.
+    RotateSecret {
+        #[command(flatten)]
+        store: StoreArgs,
+        client_id: String,
+        #[arg(long)]
+        revoke_grants: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a client and revoke every grant it holds.
     Delete {
         #[command(flatten)]
@@ -459,6 +470,50 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
                             .collect::<Vec<_>>()
                             .join(" ")
                     );
+                }
+            }
+            Ok(())
+        }
+        ClientCommand::RotateSecret {
+            store,
+            client_id,
+            revoke_grants,
+            json,
+        } => {
+            let (store, _) = open_existing_store(&store.config(None, None)?).await?;
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let secret =
+                latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed")?;
+            if !store
+                .set_client_secret(&client_id, &latchkey_core::secret::digest(&secret))
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no confidential client {client_id}"));
+            }
+            let revoked = if revoke_grants {
+                let filter = latchkey_store::GrantFilter {
+                    client_id: Some(client_id.clone()),
+                    ..Default::default()
+                };
+                store
+                    .revoke_grants(&filter, now())
+                    .await
+                    .map_err(|e| e.to_string())?
+            } else {
+                0
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"client_id": client_id, "client_secret": secret, "revoked_grants": revoked})
+                );
+            } else {
+                println!(
+                    "client_secret: {secret}\n(the old secret no longer works; this one is shown only now)"
+                );
+                if revoke_grants {
+                    println!("revoked {revoked} grants");
                 }
             }
             Ok(())

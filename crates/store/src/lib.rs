@@ -120,6 +120,9 @@ pub trait Store: Send + Sync + 'static {
     async fn client(&self, client_id: &str) -> Result<Option<Client>>;
     async fn list_clients(&self) -> Result<Vec<Client>>;
     async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool>;
+    /// Replaces a confidential client's secret digest (TM-14); the old secret stops
+    /// working at once. False if there is no such confidential client.
+    async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool>;
 
     // Users
     async fn create_user(&self, user: &User) -> Result<()>;

@@ -373,6 +373,16 @@ macro_rules! impl_store {
                 Ok(n > 0)
             }
 
+            async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool> {
+                let n = sqlx::query("UPDATE clients SET secret_hash = $2 WHERE client_id = $1 AND kind = 'confidential'")
+                    .bind(client_id)
+                    .bind(secret_hash)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn create_user(&self, u: &User) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO users (user_id, username, password_hash, email, email_verified, name, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

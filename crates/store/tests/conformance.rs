@@ -130,6 +130,17 @@ async fn clients(s: &dyn Store) {
     assert_eq!(c.secret_hash.as_deref(), Some("hash"));
     assert_eq!(c.resources, vec!["https://api.example.com".to_owned()]);
     assert!(s.client("nope").await.unwrap().is_none());
+    assert!(s.set_client_secret("c1", "hash2").await.unwrap());
+    assert_eq!(
+        s.client("c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .secret_hash
+            .as_deref(),
+        Some("hash2")
+    );
+    assert!(!s.set_client_secret("nope", "x").await.unwrap());
     s.create_client(&client("c2")).await.unwrap();
     assert_eq!(s.list_clients().await.unwrap().len(), 2);
     s.insert_grant(&grant("g-c2", "u9", "c2")).await.unwrap();

@@ -102,3 +102,66 @@ async fn user_create_rejects_duplicate_username() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// TM-14: a client secret can be rotated while the server runs; the old one stops at
+/// once, and with --revoke-grants so do the client's grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_rotation_while_serving() {
+    let server = TestServer::start();
+    server.create_user("alice", "alice@example.com", "Alice");
+    let app = server.create_client(
+        "App",
+        &[
+            "--grant-types",
+            "authorization_code,refresh_token,client_credentials",
+        ],
+    );
+    let (code, req) = first_code(&server, &Browser::new(&server.issuer), &app, "alice").await;
+    let tokens = redeem(&server.issuer, &app, &code, &req.verifier)
+        .await
+        .ok()
+        .clone();
+    let rt = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    let out = server.cli_ok(&["client", "rotate-secret"], &[&app.id, "--json"], None);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let rotated = TestClient {
+        id: app.id.clone(),
+        secret: Some(v["client_secret"].as_str().unwrap().to_owned()),
+    };
+    assert_ne!(rotated.secret, app.secret);
+    token_request(
+        &server.issuer,
+        app.auth(),
+        &[("grant_type", "client_credentials")],
+    )
+    .await
+    .assert_error(reqwest::StatusCode::UNAUTHORIZED, "invalid_client");
+    let rt = refresh(&server.issuer, &rotated, &rt).await.ok()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = server.cli_ok(
+        &["client", "rotate-secret"],
+        &[&app.id, "--revoke-grants", "--json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["revoked_grants"], 1, "{v}");
+    let newest = TestClient {
+        id: app.id.clone(),
+        secret: Some(v["client_secret"].as_str().unwrap().to_owned()),
+    };
+    refresh(&server.issuer, &newest, &rt)
+        .await
+        .assert_error(reqwest::StatusCode::BAD_REQUEST, "invalid_grant");
+    let public = server.create_client("Native", &["--public"]);
+    assert!(
+        !server
+            .cli(&["client", "rotate-secret"], &[&public.id], None)
+            .status
+            .success(),
+        "a public client has no secret"
+    );
+}
