@@ -62,7 +62,7 @@ pub struct Options {
     /// Operations per workload in the counting pass (default 10,000; 300 with --smoke).
     #[arg(long)]
     pub account_ops: Option<u64>,
-    /// Leave parts out: ceiling, sqlite, postgres, peer, scale, accounting.
+    /// Leave parts out: ceiling, sqlite, postgres, peer, scale, accounting, callgrind.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Only these workloads (default: all six).
@@ -150,6 +150,8 @@ struct Row {
     outcome: Outcome,
     peak_rss_kib: u64,
     writes: Option<Writes>,
+    /// Instructions the server executed per operation, counted by callgrind.
+    instructions_per_op: Option<f64>,
 }
 
 struct Server {
@@ -227,6 +229,16 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a program is on the PATH.
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A short-lived runtime for one piece of database or HTTP work from blocking code.
@@ -447,6 +459,7 @@ impl Suite {
             outcome,
             peak_rss_kib: rss,
             writes: None,
+            instructions_per_op: None,
         });
         Ok(())
     }
@@ -589,6 +602,75 @@ impl Suite {
         }
     }
 
+    fn callgrind_ops(&self) -> u64 {
+        if self.o.smoke { 30 } else { 1_000 }
+    }
+
+    /// Instructions the server executes per operation, whatever else the machine is
+    /// doing: the server runs under callgrind, its counters are zeroed once the
+    /// connections are set up, and dumped after exactly `n` operations (8 connections).
+    fn instructions(&self, t: &Target, w: Workload, n: u64) -> Result<f64, String> {
+        let dir = self.o.work.join("callgrind");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}/out.%p", dir.display()))
+            .arg(&self.o.latchkey)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                &t.location,
+            ]);
+        let server = Server::start(cmd, &self.log(&format!("{}-callgrind", t.key)))?;
+        let fixture = self.fixture_of(t)?;
+        let pid = server.pid().to_string();
+        let zero = {
+            let pid = pid.clone();
+            Box::new(move || {
+                let _ = Command::new("callgrind_control")
+                    .args(["-z", &pid])
+                    .stdout(Stdio::null())
+                    .status();
+            }) as Box<dyn FnOnce() + Send>
+        };
+        let mut spec = self.spec(&server, &fixture, w, Amount::Ops(n))?;
+        spec.connections = 8;
+        let outcome = load::run(&spec, Some(zero));
+        let dumped = Command::new("callgrind_control")
+            .args(["-d", &pid])
+            .stdout(Stdio::null())
+            .status();
+        server.stop();
+        let outcome = outcome?;
+        dumped.map_err(|e| format!("callgrind_control: {e}"))?;
+        if outcome.errors > 0 {
+            return Err(format!(
+                "{} under callgrind: {} errors, first: {}",
+                w.short(),
+                outcome.errors,
+                outcome.first_error.unwrap_or_default()
+            ));
+        }
+        // The dump callgrind_control asked for is out.PID.1.
+        let file = dir.join(format!("out.{pid}.1"));
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let total: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no totals in {}", file.display()))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(total / outcome.total_ops.max(1) as f64)
+    }
+
     fn fixture_of(&self, t: &Target) -> Result<Arc<Fixture>, String> {
         let size = t.size.ok_or("no size")?;
         Ok(Arc::new(data::fixture(size, 1000)))
@@ -616,7 +698,24 @@ impl Suite {
                 outcome: outcome?,
                 peak_rss_kib: rss,
                 writes: None,
+                instructions_per_op: None,
             });
+        }
+        if t.kind == Kind::Sqlite && !skip(&self.o, "callgrind") && have("valgrind") {
+            let n = self.callgrind_ops();
+            eprintln!("   instructions per operation (callgrind, {n} operations each)");
+            for &w in &workloads {
+                let ir = self.instructions(t, w, n)?;
+                eprintln!("   {:<20} {:>12.0} instructions / op", w.short(), ir);
+                if let Some(r) = self
+                    .rows
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.target.key == t.key && r.workload == w)
+                {
+                    r.instructions_per_op = Some(ir);
+                }
+            }
         }
         if !t.large && !skip(&self.o, "accounting") {
             eprintln!(
@@ -829,8 +928,8 @@ impl Suite {
             self.measure.as_secs_f64(),
             if o.smoke { "; SMOKE RUN: these numbers mean nothing" } else { "" }
         ));
-        md.push_str("| workload | server | ops/s | p50 ms | p99 ms | Latchkey / peer | peak RSS | rows written / 10k ops | DB bytes / 10k ops |\n");
-        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("| workload | server | ops/s | p50 ms | p99 ms | Latchkey / peer | peak RSS | rows written / 10k ops | DB bytes / 10k ops | instructions / op |\n");
+        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let mut order: Vec<Workload> = self.workloads.clone();
         if self.find("bare", Workload::Bare).is_some() {
             order.push(Workload::Bare);
@@ -866,8 +965,12 @@ impl Suite {
                 {
                     label.push_str(" (opaque token: it cannot do this with a JWT)");
                 }
+                let instructions = r
+                    .instructions_per_op
+                    .map(|v| format!("{:.0}k", v / 1000.0))
+                    .unwrap_or_default();
                 md.push_str(&format!(
-                    "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} MiB | {} | {} |\n",
+                    "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} MiB | {} | {} | {} |\n",
                     w.label(),
                     label,
                     ops,
@@ -876,7 +979,8 @@ impl Suite {
                     ratio,
                     r.peak_rss_kib as f64 / 1024.0,
                     rows,
-                    bytes
+                    bytes,
+                    instructions
                 ));
             }
         }
@@ -913,6 +1017,21 @@ impl Suite {
                     ratios.join(", ")
                 ));
             }
+        }
+        let ir: Vec<String> = self
+            .workloads
+            .iter()
+            .filter_map(|&w| {
+                let a = self.find("sqlite", w)?.instructions_per_op?;
+                let b = self.find("sqlite-large", w)?.instructions_per_op?;
+                (a > 0.0).then(|| format!("{} {:.2}", w.short(), b / a))
+            })
+            .collect();
+        if !ir.is_empty() {
+            md.push_str(&format!(
+                "- **Large store / small store, server instructions per operation, SQLite** (callgrind: unaffected by other load): {}.\n",
+                ir.join(", ")
+            ));
         }
         md.push_str(&format!("- **latchkey-verify**: {}.\n", self.verify_line()));
         // Rows per operation, by table.
@@ -1127,6 +1246,27 @@ impl Suite {
                 "with the large store, throughput within 10% of the small one{}",
                 worst.map_or(String::new(), |(w, r)| format!(
                     " (lowest: {}, {:.0}%)",
+                    w.short(),
+                    r * 100.0
+                ))
+            ),
+        );
+        let ir: Vec<(Workload, f64)> = self
+            .workloads
+            .iter()
+            .filter_map(|&w| {
+                let a = self.find("sqlite", w)?.instructions_per_op?;
+                let b = self.find("sqlite-large", w)?.instructions_per_op?;
+                (a > 0.0).then_some((w, b / a))
+            })
+            .collect();
+        let worst = ir.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+        line(
+            worst.map(|(_, r)| *r <= 1.1),
+            format!(
+                "with the large store, server instructions per operation within 10% of the small one{}",
+                worst.map_or(String::new(), |(w, r)| format!(
+                    " (highest: {}, {:.0}%)",
                     w.short(),
                     r * 100.0
                 ))
