@@ -9,13 +9,15 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar};
+use latchkey_core::OAuthError;
 use latchkey_core::params::Params;
 use latchkey_core::redirect_uri::with_query;
-use latchkey_core::{OAuthError, jose};
 use latchkey_store::GrantFilter;
 use serde::Deserialize;
 
-use super::authorize::{SESSION_COOKIE, csrf_ok, csrf_token, current_session, login_page};
+use super::authorize::{
+    SESSION_COOKIE, csrf_ok, csrf_token, current_session, id_token_hint, login_page,
+};
 use super::pages::{error_page, render};
 use super::{see_other, store_failure};
 use crate::state::AppState;
@@ -280,31 +282,16 @@ async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAut
     let mut client_id = params.get("client_id").map(str::to_owned);
     let mut hint_sub = None;
     if let Some(hint) = params.get("id_token_hint") {
-        // Our own ID token; its expiry does not matter (OIDC Core §3.1.2.1).
-        let claims = jose::verify(hint, state.keys().verifying(), "JWT").map_err(|_| {
-            OAuthError::invalid_request("id_token_hint is not an ID token issued by this server")
-        })?;
-        if claims.get("iss").and_then(|v| v.as_str()) != Some(state.issuer.as_str()) {
-            return Err(OAuthError::invalid_request(
-                "id_token_hint was issued by another server",
-            ));
-        }
-        let aud = claims
-            .get("aud")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        if let (Some(a), Some(c)) = (&aud, &client_id)
+        let hint = id_token_hint(state, hint)?;
+        if let (Some(a), Some(c)) = (&hint.aud, &client_id)
             && a != c
         {
             return Err(OAuthError::invalid_request(
                 "client_id does not match the id_token_hint audience",
             ));
         }
-        client_id = client_id.or(aud);
-        hint_sub = claims
-            .get("sub")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        client_id = client_id.or(hint.aud);
+        hint_sub = Some(hint.sub);
     }
     let client = match &client_id {
         Some(id) => state

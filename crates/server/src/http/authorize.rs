@@ -210,7 +210,7 @@ async fn authorize_flow(
     // OIDC Core §3.1.2.1: `id_token_hint` must be an ID token we issued (its expiry does
     // not matter); if it names someone else than the signed-in user, sign in again.
     let hinted_sub = match &req.id_token_hint {
-        Some(hint) => Some(hint_subject(state, hint).map_err(redirect_err)?),
+        Some(hint) => Some(id_token_hint(state, hint).map_err(redirect_err)?.sub),
         None => None,
     };
     let facts = session.as_ref().map(|(s, user)| SessionFacts {
@@ -229,9 +229,15 @@ async fn authorize_flow(
     })
 }
 
-/// The subject of an `id_token_hint`: an ID token signed by one of our keys for this
-/// issuer. Typed `JWT`, so an access token (`at+jwt`) is refused (JWT-12).
-pub(super) fn hint_subject(state: &AppState, hint: &str) -> Result<String, OAuthError> {
+/// A validated `id_token_hint` (OIDC Core §3.1.2.1): an ID token signed by one of our
+/// keys for this issuer, whatever its expiry. Typed `JWT`, so an access token
+/// (`at+jwt`) is refused (JWT-12). Used by `/authorize` and `/logout`.
+pub(super) struct IdTokenHint {
+    pub sub: String,
+    pub aud: Option<String>,
+}
+
+pub(super) fn id_token_hint(state: &AppState, hint: &str) -> Result<IdTokenHint, OAuthError> {
     let bad =
         || OAuthError::invalid_request("id_token_hint is not an ID token issued by this server");
     let claims =
@@ -239,11 +245,11 @@ pub(super) fn hint_subject(state: &AppState, hint: &str) -> Result<String, OAuth
     if claims.get("iss").and_then(|v| v.as_str()) != Some(state.issuer.as_str()) {
         return Err(bad());
     }
-    claims
-        .get("sub")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(bad)
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(IdTokenHint {
+        sub: text("sub").ok_or_else(bad)?,
+        aud: text("aud"),
+    })
 }
 
 /// Consent is remembered for confidential clients that hold an active grant covering
