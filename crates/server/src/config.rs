@@ -50,6 +50,10 @@ pub struct Config {
     pub jwks_max_age: i64,
     /// How often a node reloads the keys and runs the rotation schedule.
     pub key_check_interval: i64,
+    /// How often (milliseconds) a node checks whether an admin command changed a client;
+    /// clients are cached in between, so a change takes effect on every node within this
+    /// time. 0 turns the cache off (every request reads its client from the store).
+    pub client_check_interval_ms: i64,
     /// Algorithm of access tokens: EdDSA (default), ES256 or RS256.
     pub access_token_alg: String,
     /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the
@@ -80,6 +84,7 @@ const FIELDS: &[&str] = &[
     "key_rotation_interval",
     "jwks_max_age",
     "key_check_interval",
+    "client_check_interval_ms",
     "access_token_alg",
     "trusted_proxies",
     "danger_allow_http_issuer",
@@ -106,6 +111,7 @@ impl Default for Config {
             key_rotation_interval: 30 * 24 * 3600,
             jwks_max_age: 300,
             key_check_interval: 30,
+            client_check_interval_ms: 250,
             access_token_alg: "EdDSA".to_owned(),
             trusted_proxies: Vec::new(),
             danger_allow_http_issuer: false,
@@ -182,6 +188,9 @@ impl Config {
         }
         if !(0..=300).contains(&self.refresh_grace_seconds) {
             return Err("refresh_grace_seconds must be between 0 and 300".to_owned());
+        }
+        if !(0..=60_000).contains(&self.client_check_interval_ms) {
+            return Err("client_check_interval_ms must be between 0 and 60000".to_owned());
         }
         if self.code_ttl > 600 {
             return Err("code_ttl must be at most 600 seconds (RFC 6749 §4.1.2)".to_owned());

@@ -4,11 +4,12 @@
 //! under the store's key lock (DESIGN §5).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use aws_lc_rs::rand::SystemRandom;
 use latchkey_core::UnixTime;
-use latchkey_core::jose::{Alg, Jwk, SigningKey, VerifyingKey};
+use latchkey_core::claims::ACCESS_TOKEN_TYP;
+use latchkey_core::jose::{Alg, JoseError, Jwk, SigningKey, VerifyingKey, verify};
 use latchkey_core::keys::{KeyChange, KeyPolicy, plan};
 use latchkey_core::model::{KeyRecord, KeyState};
 use latchkey_core::seal::MasterKey;
@@ -22,7 +23,15 @@ pub struct KeyRing {
     etag: String,
     /// (kid, state) of every key, to notice changes cheaply.
     fingerprint: Vec<(String, KeyState)>,
+    /// Access tokens this ring has verified, by SHA-256 of the token (see
+    /// [`KeyRing::verify_access_token`]).
+    verified: RwLock<HashMap<[u8; 32], Arc<Claims>>>,
 }
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// At most this many verified tokens are remembered; past it the memory starts over.
+const VERIFIED_CAPACITY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -83,7 +92,39 @@ impl KeyRing {
             jwks,
             etag,
             fingerprint,
+            verified: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Verifies an access token's header and signature (RFC 9068 §4) and returns its
+    /// claims, unchecked: the caller checks issuer and times on every use. A token
+    /// verified once is remembered, since APIs introspect the same token on every call
+    /// and a lookup costs a small fraction of an Ed25519 verification. The memory is
+    /// this ring's: when the keys change (a key is revoked) the new ring remembers
+    /// nothing, so no token is accepted on a key that is no longer published.
+    pub fn verify_access_token(&self, token: &str) -> Result<Claims, JoseError> {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let Ok(id) = <[u8; 32]>::try_from(d.as_ref()) else {
+            return verify(token, &self.verifying, ACCESS_TOKEN_TYP);
+        };
+        if let Some(c) = self
+            .verified
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Claims::clone(c));
+        }
+        let claims = verify(token, &self.verifying, ACCESS_TOKEN_TYP)?;
+        let mut verified = self
+            .verified
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(id, Arc::new(claims.clone()));
+        Ok(claims)
     }
 
     pub fn signer(&self, alg: Alg) -> Option<&SigningKey> {

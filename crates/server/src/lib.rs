@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -185,6 +186,7 @@ pub async fn build_state(
         latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed".to_owned())?;
     let dummy_password_hash = password::hash(&dummy, &rng)?;
     let secure_cookies = issuer.starts_with("https://");
+    let caching = config.client_check_interval_ms > 0;
     let state = AppState(Arc::new(Inner {
         store,
         config,
@@ -197,6 +199,8 @@ pub async fn build_state(
         dummy_password_hash,
         secure_cookies,
         demo,
+        clients: cache::VersionedCache::new(caching),
+        users: cache::VersionedCache::new(caching),
         throttle: throttle::Throttle::default(),
         hashing: tokio::sync::Semaphore::new(hashing_permits()),
     }));
@@ -322,6 +326,7 @@ pub async fn bind(config: &Config) -> Result<(tokio::net::TcpListener, String), 
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> Result<(), String> {
     tokio::spawn(sweeper(state.clone()));
     tokio::spawn(key_keeper(state.clone()));
+    tokio::spawn(cache_keeper(state.clone()));
     let app = http::app(state);
     axum::serve(
         listener,
@@ -352,6 +357,33 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Every `client_check_interval_ms`: drop the cached clients or users if an admin
+/// command changed any (see `cache.rs`).
+async fn cache_keeper(state: AppState) {
+    let Ok(ms) = u64::try_from(state.config.client_check_interval_ms) else {
+        return;
+    };
+    if ms == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.store.versions().await {
+            Ok(v) => {
+                state.clients.observe(Some(v.clients));
+                state.users.observe(Some(v.users));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change counters; caches dropped");
+                state.clients.observe(None);
+                state.users.observe(None);
+            }
+        }
+    }
 }
 
 /// Removes rows nothing needs any more, in small batches, on whichever node holds the

@@ -34,6 +34,9 @@ pub struct Inner {
     pub throttle: crate::throttle::Throttle,
     /// Permits for password hashing (bounded memory under a flood of sign-ins).
     pub hashing: tokio::sync::Semaphore,
+    /// Clients and users, cached with a version check (DESIGN §8).
+    pub clients: crate::cache::VersionedCache<latchkey_core::client::Client>,
+    pub users: crate::cache::VersionedCache<latchkey_core::model::User>,
     /// Demo relying party settings, when `latchkey demo` runs.
     pub demo: Option<crate::http::demo::DemoClient>,
 }
@@ -59,6 +62,24 @@ impl AppState {
             Ok(mut g) => *g = Arc::new(ring),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
         }
+    }
+
+    /// A client by id, from the cache when it is there.
+    pub async fn client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<Arc<latchkey_core::client::Client>>, latchkey_store::StoreError> {
+        self.clients
+            .get(client_id, self.store.client(client_id))
+            .await
+    }
+
+    /// A user by id, from the cache when it is there.
+    pub async fn user(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<Arc<latchkey_core::model::User>>, latchkey_store::StoreError> {
+        self.users.get(user_id, self.store.user(user_id)).await
     }
 
     pub fn now(&self) -> i64 {

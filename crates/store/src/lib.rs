@@ -44,6 +44,37 @@ pub struct NewGrant {
     pub expires_at: i64,
 }
 
+impl NewGrant {
+    /// The grant a redemption of `code` at `now` makes: what the store inserts, so the
+    /// caller need not read it back.
+    pub fn grant_from(&self, code: &AuthorizationCode, now: i64) -> Grant {
+        Grant {
+            grant_id: self.grant_id.clone(),
+            user_id: code.user_id.clone(),
+            client_id: code.client_id.clone(),
+            scope: code.scope.clone(),
+            auth_time: code.auth_time,
+            session_hash: code.session_hash.clone(),
+            nonce: code.nonce.clone(),
+            audience: code.resource.clone(),
+            refresh_generation: self.refresh_generation,
+            refresh_hash: self.refresh_hash.clone(),
+            created_at: now,
+            last_used_at: now,
+            expires_at: self.expires_at,
+            revoked_at: None,
+            grace_used: false,
+        }
+    }
+}
+
+/// The change counters (see [`Store::versions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub clients: i64,
+    pub users: i64,
+}
+
 /// The result of trying to redeem a code.
 #[derive(Debug, Clone)]
 pub enum Redemption {
@@ -123,6 +154,10 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a confidential client's secret digest (TM-14); the old secret stops
     /// working at once. False if there is no such confidential client.
     async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool>;
+    /// Counters that every change to a client (create, delete, new secret) or a user
+    /// (create, delete) increases in the same transaction: nodes poll them to know when
+    /// their caches are stale.
+    async fn versions(&self) -> Result<Versions>;
 
     // Users
     async fn create_user(&self, user: &User) -> Result<()>;

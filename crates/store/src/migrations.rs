@@ -8,9 +8,10 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
 CREATE TABLE clients (
     client_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -106,7 +107,27 @@ CREATE TABLE revocations (
 );
 CREATE INDEX revocations_at ON revocations (revoked_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        sql: r#"
+-- Counters that every node polls to know when a cache it keeps is stale (DESIGN §8):
+-- a statement that changes a client bumps `clients`, one that changes a user `users`,
+-- in the same transaction.
+CREATE TABLE change_counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO change_counters (name, value) VALUES ('clients', 0);
+INSERT INTO change_counters (name, value) VALUES ('users', 0);
+-- /authorize asks for the newest active grants of one (user, client) pair; with the
+-- creation time in the index that stays a short range scan however many grants the
+-- pair has accumulated.
+CREATE INDEX grants_user_client_created ON grants (user_id, client_id, created_at);
+DROP INDEX grants_user_client;
+"#,
+    },
+];
 
 /// The PostgreSQL text of a migration: 64-bit integers and byte strings by their names
 /// there. (SQLite's INTEGER is already 64-bit.)

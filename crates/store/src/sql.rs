@@ -22,13 +22,18 @@ use sqlx::sqlite::{
 use crate::migrations::{self, Migration};
 use crate::{
     GrantFilter, KeyPlanner, KeyWrite, NewGrant, Redemption, Result, Revocation, Store, StoreError,
-    SweepReport,
+    SweepReport, Versions,
 };
 
 /// The embedded default: one SQLite file in WAL mode.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite has one writer at a time; with several
+    /// writing connections the losers sleep in SQLite's busy handler (1, 2, 5, 10 … ms),
+    /// while here they wait in the pool's queue and are woken the moment it is free.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -43,17 +48,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
             .await?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.acquire().await?;
         // BEGIN IMMEDIATE takes the write lock up front, so two processes starting on one
         // file migrate one after the other.
         sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -92,6 +102,8 @@ async fn apply_sqlite(conn: &mut sqlx::SqliteConnection, list: &[Migration]) -> 
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL has row locks, so writers need no queue of their own.
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -102,7 +114,10 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            writer: pool.clone(),
+            pool,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -188,6 +203,41 @@ macro_rules! user_columns {
 macro_rules! impl_store {
     ($store:ty, $db:ty, $name:literal) => {
         impl $store {
+            async fn insert_grant_on(conn: &mut <$db as sqlx::Database>::Connection, g: &Grant) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(&g.grant_id)
+                .bind(&g.user_id)
+                .bind(&g.client_id)
+                .bind(g.scope.to_string())
+                .bind(g.auth_time)
+                .bind(&g.session_hash)
+                .bind(&g.nonce)
+                .bind(&g.audience)
+                .bind(g.refresh_generation)
+                .bind(&g.refresh_hash)
+                .bind(g.created_at)
+                .bind(g.last_used_at)
+                .bind(g.expires_at)
+                .bind(g.revoked_at)
+                .bind(i64::from(g.grace_used))
+                .execute(&mut *conn)
+                .await
+                .map_err(conflict_or)?;
+                Ok(())
+            }
+
+            /// Increases a change counter (see `Store::versions`) inside the caller's
+            /// transaction.
+            async fn bump_on(conn: &mut <$db as sqlx::Database>::Connection, name: &str) -> Result<()> {
+                sqlx::query("UPDATE change_counters SET value = value + 1 WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
             async fn insert_key_on(conn: &mut <$db as sqlx::Database>::Connection, k: &KeyRecord) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO signing_keys (kid, alg, state, private_pkcs8, created_at, state_since) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -310,6 +360,7 @@ macro_rules! impl_store {
                 let redirect = serde_json::to_string(&redirect).map_err(|_| corrupt("client redirect_uris"))?;
                 let post_logout: Vec<&str> = c.post_logout_redirect_uris.iter().map(RedirectUri::as_str).collect();
                 let post_logout = serde_json::to_string(&post_logout).map_err(|_| corrupt("client post_logout_redirect_uris"))?;
+                let mut tx = self.writer.begin().await?;
                 sqlx::query(
                     "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, resources, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
@@ -328,9 +379,11 @@ macro_rules! impl_store {
                 .bind(c.audiences.join(" "))
                 .bind(c.resources.join(" "))
                 .bind(c.created_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(conflict_or)?;
+                Self::bump_on(&mut tx, "clients").await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -350,7 +403,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 // One feed entry for the client covers all its tokens, user and
                 // client-credentials alike (DESIGN §4).
                 sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('client', $1, $2) ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at")
@@ -369,21 +422,43 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                Self::bump_on(&mut tx, "clients").await?;
                 tx.commit().await?;
                 Ok(n > 0)
             }
 
             async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool> {
+                let mut tx = self.writer.begin().await?;
                 let n = sqlx::query("UPDATE clients SET secret_hash = $2 WHERE client_id = $1 AND kind = 'confidential'")
                     .bind(client_id)
                     .bind(secret_hash)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                Self::bump_on(&mut tx, "clients").await?;
+                tx.commit().await?;
                 Ok(n == 1)
             }
 
+            async fn versions(&self) -> Result<Versions> {
+                let rows = sqlx::query("SELECT name, value FROM change_counters")
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut v = Versions::default();
+                for row in rows {
+                    let name: String = row.try_get("name")?;
+                    let value: i64 = row.try_get("value")?;
+                    match name.as_str() {
+                        "clients" => v.clients = value,
+                        "users" => v.users = value,
+                        _ => {}
+                    }
+                }
+                Ok(v)
+            }
+
             async fn create_user(&self, u: &User) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
                 sqlx::query(
                     "INSERT INTO users (user_id, username, password_hash, email, email_verified, name, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
@@ -395,9 +470,11 @@ macro_rules! impl_store {
                 .bind(&u.name)
                 .bind(i64::from(u.disabled))
                 .bind(u.created_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
                 .map_err(conflict_or)?;
+                Self::bump_on(&mut tx, "users").await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -425,7 +502,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_user(&self, user_id: &str, now: i64) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 sqlx::query("INSERT INTO revocations (kind, subject, revoked_at) VALUES ('user', $1, $2) ON CONFLICT (kind, subject) DO UPDATE SET revoked_at = excluded.revoked_at")
                     .bind(user_id)
                     .bind(now)
@@ -443,6 +520,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                Self::bump_on(&mut tx, "users").await?;
                 tx.commit().await?;
                 Ok(n > 0)
             }
@@ -453,7 +531,7 @@ macro_rules! impl_store {
                     .bind(&s.user_id)
                     .bind(s.auth_time)
                     .bind(s.expires_at)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -478,7 +556,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_session(&self, session_hash: &str) -> Result<()> {
-                sqlx::query("DELETE FROM sessions WHERE session_hash = $1").bind(session_hash).execute(&self.pool).await?;
+                sqlx::query("DELETE FROM sessions WHERE session_hash = $1").bind(session_hash).execute(&self.writer).await?;
                 Ok(())
             }
 
@@ -497,13 +575,13 @@ macro_rules! impl_store {
                 .bind(c.auth_time)
                 .bind(c.expires_at)
                 .bind(&c.resource)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
 
             async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 // REL-01: one conditional statement; of N racing redemptions one wins.
                 let row = sqlx::query(concat!(
                     "UPDATE codes SET redeemed_at = $2, grant_id = $3 WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING ",
@@ -526,51 +604,14 @@ macro_rules! impl_store {
                     });
                 };
                 let code = Self::code_from_row(&row)?;
-                sqlx::query(
-                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, NULL, 0)",
-                )
-                .bind(&grant.grant_id)
-                .bind(&code.user_id)
-                .bind(&code.client_id)
-                .bind(code.scope.to_string())
-                .bind(code.auth_time)
-                .bind(&code.session_hash)
-                .bind(&code.nonce)
-                .bind(&code.resource)
-                .bind(grant.refresh_generation)
-                .bind(&grant.refresh_hash)
-                .bind(now)
-                .bind(grant.expires_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(conflict_or)?;
+                Self::insert_grant_on(&mut tx, &grant.grant_from(&code, now)).await?;
                 tx.commit().await?;
                 Ok(Redemption::Redeemed(Box::new(code)))
             }
 
             async fn insert_grant(&self, g: &Grant) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                )
-                .bind(&g.grant_id)
-                .bind(&g.user_id)
-                .bind(&g.client_id)
-                .bind(g.scope.to_string())
-                .bind(g.auth_time)
-                .bind(&g.session_hash)
-                .bind(&g.nonce)
-                .bind(&g.audience)
-                .bind(g.refresh_generation)
-                .bind(&g.refresh_hash)
-                .bind(g.created_at)
-                .bind(g.last_used_at)
-                .bind(g.expires_at)
-                .bind(g.revoked_at)
-                .bind(i64::from(g.grace_used))
-                .execute(&self.pool)
-                .await
-                .map_err(conflict_or)?;
-                Ok(())
+                let mut conn = self.writer.acquire().await?;
+                Self::insert_grant_on(&mut conn, g).await
             }
 
             async fn grant(&self, grant_id: &str) -> Result<Option<Grant>> {
@@ -604,7 +645,7 @@ macro_rules! impl_store {
                 .bind(new_hash)
                 .bind(now)
                 .bind(expires_at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
                 Ok(n == 1)
@@ -616,14 +657,14 @@ macro_rules! impl_store {
                 )
                 .bind(grant_id)
                 .bind(generation)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
                 Ok(n == 1)
             }
 
             async fn revoke_grant(&self, grant_id: &str, now: i64) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let n = sqlx::query("UPDATE grants SET revoked_at = $2 WHERE grant_id = $1 AND revoked_at IS NULL")
                     .bind(grant_id)
                     .bind(now)
@@ -642,7 +683,7 @@ macro_rules! impl_store {
             }
 
             async fn revoke_grants(&self, f: &GrantFilter, now: i64) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 sqlx::query(
                     "INSERT INTO revocations (kind, subject, revoked_at) SELECT 'grant', grant_id, $4 FROM grants WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR client_id = $2) AND ($3 IS NULL OR session_hash = $3) AND revoked_at IS NULL ON CONFLICT (kind, subject) DO NOTHING",
                 )
@@ -754,6 +795,7 @@ macro_rules! impl_store {
                     ("signing_keys", "SELECT COUNT(*) AS n FROM signing_keys"),
                     ("server_secrets", "SELECT COUNT(*) AS n FROM server_secrets"),
                     ("revocations", "SELECT COUNT(*) AS n FROM revocations"),
+                    ("change_counters", "SELECT COUNT(*) AS n FROM change_counters"),
                 ] {
                     let n: i64 = sqlx::query(sql).fetch_one(&self.pool).await?.try_get("n")?;
                     out.push((table, n));
@@ -762,7 +804,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_key(&self, k: &KeyRecord) -> Result<()> {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.writer.acquire().await?;
                 Self::insert_key_on(&mut conn, k).await
             }
 
@@ -809,7 +851,7 @@ macro_rules! impl_store {
                 sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                     .bind(name)
                     .bind(fresh)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 let row = sqlx::query("SELECT value FROM server_secrets WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
                 Ok(row.try_get("value")?)
@@ -828,7 +870,7 @@ impl SqliteStore {
         &self,
         _lock: i64,
     ) -> Result<Option<sqlx::Transaction<'static, sqlx::Sqlite>>> {
-        Ok(Some(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+        Ok(Some(self.writer.begin_with("BEGIN IMMEDIATE").await?))
     }
 }
 
@@ -838,7 +880,7 @@ impl PgStore {
         &self,
         lock: i64,
     ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
             .bind(lock)
             .fetch_one(&mut *tx)

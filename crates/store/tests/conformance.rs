@@ -115,11 +115,19 @@ async fn suite(store: Arc<dyn Store>) {
 }
 
 async fn clients(s: &dyn Store) {
+    let v0 = s.versions().await.unwrap().clients;
     s.create_client(&client("c1")).await.unwrap();
+    let v1 = s.versions().await.unwrap().clients;
+    assert!(v1 > v0, "creating a client bumps the clients version");
     assert!(matches!(
         s.create_client(&client("c1")).await,
         Err(StoreError::Conflict)
     ));
+    assert_eq!(
+        s.versions().await.unwrap().clients,
+        v1,
+        "a refused create changes nothing"
+    );
     let c = s.client("c1").await.unwrap().unwrap();
     assert_eq!(c.redirect_uris[0].as_str(), "https://app.example/cb");
     assert_eq!(
@@ -131,6 +139,8 @@ async fn clients(s: &dyn Store) {
     assert_eq!(c.resources, vec!["https://api.example.com".to_owned()]);
     assert!(s.client("nope").await.unwrap().is_none());
     assert!(s.set_client_secret("c1", "hash2").await.unwrap());
+    let v2 = s.versions().await.unwrap().clients;
+    assert!(v2 > v1, "a new secret bumps the clients version");
     assert_eq!(
         s.client("c1")
             .await
@@ -144,7 +154,12 @@ async fn clients(s: &dyn Store) {
     s.create_client(&client("c2")).await.unwrap();
     assert_eq!(s.list_clients().await.unwrap().len(), 2);
     s.insert_grant(&grant("g-c2", "u9", "c2")).await.unwrap();
+    let v3 = s.versions().await.unwrap().clients;
     assert!(s.delete_client("c2", NOW).await.unwrap());
+    assert!(
+        s.versions().await.unwrap().clients > v3,
+        "deleting a client bumps the clients version"
+    );
     assert!(!s.delete_client("c2", NOW).await.unwrap());
     assert!(
         s.grant("g-c2").await.unwrap().unwrap().revoked_at.is_some(),
@@ -153,7 +168,10 @@ async fn clients(s: &dyn Store) {
 }
 
 async fn users(s: &dyn Store) {
+    let v0 = s.versions().await.unwrap().users;
     s.create_user(&user("u1", "alice")).await.unwrap();
+    let v1 = s.versions().await.unwrap().users;
+    assert!(v1 > v0, "creating a user bumps the users version");
     assert!(matches!(
         s.create_user(&user("u2", "alice")).await,
         Err(StoreError::Conflict)
@@ -172,7 +190,12 @@ async fn users(s: &dyn Store) {
     })
     .await
     .unwrap();
+    let v2 = s.versions().await.unwrap().users;
     assert!(s.delete_user("u3", NOW).await.unwrap());
+    assert!(
+        s.versions().await.unwrap().users > v2,
+        "deleting a user bumps the users version"
+    );
     assert!(s.user("u3").await.unwrap().is_none());
     assert!(
         s.session("sess-bob", NOW).await.unwrap().is_none(),

@@ -73,8 +73,8 @@ pub async fn account(State(state): State<AppState>, jar: CookieJar) -> Response 
     }
     let mut apps = Vec::new();
     for (client_id, grants) in by_client {
-        let name = match state.store.client(&client_id).await {
-            Ok(Some(c)) => c.name,
+        let name = match state.client(&client_id).await {
+            Ok(Some(c)) => c.name.clone(),
             Ok(None) => continue,
             Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &store_failure(&e)),
         };
@@ -294,11 +294,7 @@ async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAut
         hint_sub = Some(hint.sub);
     }
     let client = match &client_id {
-        Some(id) => state
-            .store
-            .client(id)
-            .await
-            .map_err(|e| store_failure(&e))?,
+        Some(id) => state.client(id).await.map_err(|e| store_failure(&e))?,
         None => None,
     };
     let redirect = match params.get("post_logout_redirect_uri") {
@@ -328,7 +324,7 @@ async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAut
     };
     Ok(LogoutRequest {
         hint_sub,
-        client_name: client.map(|c| c.name),
+        client_name: client.map(|c| c.name.clone()),
         redirect,
     })
 }

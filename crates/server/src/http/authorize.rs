@@ -7,6 +7,8 @@
 //! session and the request, that says "this user just signed in for this request", so
 //! `prompt=login` and `max_age` do not loop.
 
+use std::sync::Arc;
+
 use axum::Form;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -136,18 +138,21 @@ fn error_location(
 }
 
 /// Parses and validates the request carried in `raw`, looking the client up.
-async fn validated(state: &AppState, raw: &str) -> Result<(AuthorizationRequest, Client), Failure> {
+async fn validated(
+    state: &AppState,
+    raw: &str,
+) -> Result<(AuthorizationRequest, Arc<Client>), Failure> {
     let params = match Params::parse(raw.as_bytes()) {
         Ok(p) => p,
         // RFC 6749 §4.1.2.1: a malformed parameter is `invalid_request`, sent back to
         // the client when its redirect URI can still be validated.
         Err(error) => {
             let client = match latchkey_core::params::single_value(raw.as_bytes(), "client_id") {
-                Some(id) => state.store.client(&id).await?,
+                Some(id) => state.client(&id).await?,
                 None => None,
             };
             return Err(
-                match authorize::malformed_request_target(raw.as_bytes(), client.as_ref()) {
+                match authorize::malformed_request_target(raw.as_bytes(), client.as_deref()) {
                     Some((redirect_uri, state)) => Failure::Redirect {
                         redirect_uri,
                         state,
@@ -159,10 +164,10 @@ async fn validated(state: &AppState, raw: &str) -> Result<(AuthorizationRequest,
         }
     };
     let client = match params.get("client_id") {
-        Some(id) => state.store.client(id).await?,
+        Some(id) => state.client(id).await?,
         None => None,
     };
-    let req = authorize::validate(&params, client.as_ref())?;
+    let req = authorize::validate(&params, client.as_deref())?;
     let client = client.ok_or_else(|| {
         Failure::Page(
             StatusCode::BAD_REQUEST,
@@ -412,7 +417,7 @@ pub async fn login(
         None
     } else {
         match validated(&state, &form.authz).await {
-            Ok((_, client)) => Some(client.name),
+            Ok((_, client)) => Some(client.name.clone()),
             Err(f) => return f.into_response(&state),
         }
     };
@@ -531,7 +536,7 @@ pub async fn consent(
 pub async fn current_session(
     state: &AppState,
     jar: &CookieJar,
-) -> Result<Option<(Session, User)>, latchkey_store::StoreError> {
+) -> Result<Option<(Session, Arc<User>)>, latchkey_store::StoreError> {
     let Some(cookie) = jar.get(SESSION_COOKIE) else {
         return Ok(None);
     };
@@ -542,7 +547,7 @@ pub async fn current_session(
     else {
         return Ok(None);
     };
-    match state.store.user(&session.user_id).await? {
+    match state.user(&session.user_id).await? {
         Some(user) if !user.disabled => Ok(Some((session, user))),
         _ => Ok(None),
     }

@@ -6,11 +6,11 @@
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use latchkey_core::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims};
+use latchkey_core::claims::AccessTokenClaims;
 use latchkey_core::client::{Client, ClientKind, PresentedCredentials};
 use latchkey_core::model::Grant;
 use latchkey_core::token::RefreshToken;
-use latchkey_core::{OAuthError, UnixTime, jose};
+use latchkey_core::{OAuthError, UnixTime};
 use serde::Deserialize;
 
 use super::token::{RefreshStanding, refresh_standing};
@@ -48,7 +48,7 @@ async fn identify(
             _ => Presented::Unknown,
         });
     }
-    let Ok(raw) = jose::verify(token, state.keys().verifying(), ACCESS_TOKEN_TYP) else {
+    let Ok(raw) = state.keys().verify_access_token(token) else {
         return Ok(Presented::Unknown);
     };
     let claims = if allow_expired {
@@ -192,7 +192,6 @@ async fn access_token_live(
             Ok(grant.is_some_and(|g| g.is_active(now) && g.client_id == c.client_id))
         }
         None => Ok(state
-            .store
             .client(&c.client_id)
             .await
             .map_err(|e| store_failure(&e))?
@@ -226,9 +225,7 @@ pub async fn revocation_feed(
             .transpose()?
             .ok_or_else(|| OAuthError::invalid_client("client authentication is required (HTTP Basic)"))?;
         let presented = PresentedCredentials::from_request(Some(authorization), None, None)?;
-        let client = state
-            .store
-            .client(&presented.client_id)
+        let client = state.client(&presented.client_id)
             .await
             .map_err(|e| store_failure(&e))?
             .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;

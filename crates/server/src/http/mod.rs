@@ -169,7 +169,7 @@ pub async fn authenticate_client(
 ) -> Result<
     (
         latchkey_core::params::Params,
-        latchkey_core::client::Client,
+        std::sync::Arc<latchkey_core::client::Client>,
         latchkey_core::client::ClientAuthenticated,
     ),
     OAuthError,
@@ -201,7 +201,6 @@ pub async fn authenticate_client(
         params.get("client_secret"),
     )?;
     let client = state
-        .store
         .client(&presented.client_id)
         .await
         .map_err(|e| store_failure(&e))?

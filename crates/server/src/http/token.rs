@@ -1,6 +1,8 @@
 //! The token endpoint (RFC 6749 §3.2): authorization_code, refresh_token and
 //! client_credentials, with client authentication first.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -191,12 +193,8 @@ async fn redeem_code(
             return Err(e);
         }
     };
-    let grant = state
-        .store
-        .grant(&grant_id)
-        .await
-        .map_err(|e| store_failure(&e))?
-        .ok_or_else(OAuthError::server_error)?;
+    // Exactly what the redemption inserted; no need to read it back.
+    let grant = new_grant.grant_from(&stored, now);
     mint(
         state,
         client,
@@ -217,7 +215,7 @@ async fn check_redemption(
     verifier: Option<&str>,
     resource: Option<&str>,
     now: i64,
-) -> Result<(PkceVerified, User), OAuthError> {
+) -> Result<(PkceVerified, Arc<User>), OAuthError> {
     if resource.is_some() && resource != stored.resource.as_deref() {
         return Err(OAuthError::new(
             latchkey_core::ErrorCode::InvalidTarget,
@@ -529,13 +527,8 @@ fn sign<C: Serialize>(
         .map_err(|_| OAuthError::server_error())
 }
 
-async fn active_user(state: &AppState, user_id: &str) -> Result<User, OAuthError> {
-    match state
-        .store
-        .user(user_id)
-        .await
-        .map_err(|e| store_failure(&e))?
-    {
+async fn active_user(state: &AppState, user_id: &str) -> Result<Arc<User>, OAuthError> {
+    match state.user(user_id).await.map_err(|e| store_failure(&e))? {
         Some(u) if !u.disabled => Ok(u),
         _ => Err(OAuthError::invalid_grant(
             "the user no longer exists or is disabled",

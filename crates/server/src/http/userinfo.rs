@@ -4,9 +4,9 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use latchkey_core::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims};
+use latchkey_core::claims::AccessTokenClaims;
 use latchkey_core::params::Params;
-use latchkey_core::{ErrorCode, OAuthError, jose};
+use latchkey_core::{ErrorCode, OAuthError};
 
 use crate::state::AppState;
 
@@ -74,7 +74,9 @@ async fn respond(state: &AppState, token: Result<Option<String>, OAuthError>) ->
 
 async fn claims_for(state: &AppState, token: &str) -> Result<serde_json::Value, OAuthError> {
     let now = state.clock.now();
-    let raw = jose::verify(token, state.keys().verifying(), ACCESS_TOKEN_TYP)
+    let raw = state
+        .keys()
+        .verify_access_token(token)
         .map_err(|e| OAuthError::invalid_token(e.to_string()))?;
     let claims = AccessTokenClaims::from_verified(raw, &state.issuer, now)
         .map_err(OAuthError::invalid_token)?;
@@ -99,7 +101,6 @@ async fn claims_for(state: &AppState, token: &str) -> Result<serde_json::Value, 
         ));
     }
     let user = match state
-        .store
         .user(&claims.sub)
         .await
         .map_err(|e| super::store_failure(&e))?

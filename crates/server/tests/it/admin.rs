@@ -70,7 +70,13 @@ async fn client_deleted_while_serving_is_refused() {
 
     server.cli_ok(&["client", "delete"], &[&app.id], None);
 
+    // Servers see the deletion within one check of the clients version.
     let req = authz_request(&server.issuer, &app.id, "openid profile email");
+    eventually(
+        "the deleted client's authorization request is refused",
+        || async { browser.get(&req.url).await.status == StatusCode::BAD_REQUEST },
+    )
+    .await;
     let page = browser.get(&req.url).await;
     assert_error_page(&page);
 
@@ -103,8 +109,8 @@ async fn user_create_rejects_duplicate_username() {
     );
 }
 
-/// TM-14: a client secret can be rotated while the server runs; the old one stops at
-/// once, and with --revoke-grants so do the client's grants.
+/// TM-14: a client secret can be rotated while the server runs; the old one stops
+/// within one check of the clients version, and with --revoke-grants so do the client's grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_secret_rotation_while_serving() {
     let server = TestServer::start();
@@ -130,6 +136,17 @@ async fn client_secret_rotation_while_serving() {
         secret: Some(v["client_secret"].as_str().unwrap().to_owned()),
     };
     assert_ne!(rotated.secret, app.secret);
+    eventually("the old secret is refused", || async {
+        token_request(
+            &server.issuer,
+            app.auth(),
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+        .status
+            == reqwest::StatusCode::UNAUTHORIZED
+    })
+    .await;
     token_request(
         &server.issuer,
         app.auth(),
@@ -153,6 +170,17 @@ async fn client_secret_rotation_while_serving() {
         id: app.id.clone(),
         secret: Some(v["client_secret"].as_str().unwrap().to_owned()),
     };
+    eventually("the newest secret is accepted", || async {
+        token_request(
+            &server.issuer,
+            newest.auth(),
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+        .status
+            == reqwest::StatusCode::OK
+    })
+    .await;
     refresh(&server.issuer, &newest, &rt)
         .await
         .assert_error(reqwest::StatusCode::BAD_REQUEST, "invalid_grant");

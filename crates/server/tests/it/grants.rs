@@ -1236,6 +1236,13 @@ async fn client_credentials_tokens_are_active_until_the_client_is_deleted() {
         .assert_inactive();
 
     server.cli_ok(&["client", "delete"], &[&batch.id], None);
+    eventually("the deleted client's token is inactive", || async {
+        introspect(&server, Some(api.auth()), &token)
+            .await
+            .ok_json()
+            == json!({ "active": false })
+    })
+    .await;
     introspect(&server, Some(api.auth()), &token)
         .await
         .assert_inactive();

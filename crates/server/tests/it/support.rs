@@ -946,6 +946,28 @@ pub fn html_unescape(s: &str) -> String {
     out
 }
 
+/// Retries `check` until it holds, failing after 5 s: for what a server sees within one
+/// poll rather than at once (a client or user changed by an admin command is seen
+/// within `client_check_interval_ms`, 250 ms by default). `check` must have no effect
+/// that the test depends on.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Token endpoint, userinfo, JWTs
 // ---------------------------------------------------------------------------
