@@ -68,6 +68,24 @@ impl NewGrant {
     }
 }
 
+/// A refresh of what the caller believes is the grant's current token (see
+/// [`Store::rotate_current_refresh`]).
+#[derive(Debug, Clone)]
+pub struct CurrentRefresh<'a> {
+    pub grant_id: &'a str,
+    pub client_id: &'a str,
+    pub generation: i64,
+    pub current_hash: &'a str,
+    pub new_hash: &'a str,
+    /// The `resource` of the request, which must be the grant's audience (RFC 8707).
+    pub audience: Option<&'a str>,
+    pub now: i64,
+    /// The grant dies this long after it was made (absolute refresh lifetime)…
+    pub absolute_ttl: i64,
+    /// …or this long after its last use, whichever comes first.
+    pub idle_ttl: i64,
+}
+
 /// The change counters (see [`Store::versions`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Versions {
@@ -195,6 +213,12 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         expires_at: i64,
     ) -> Result<bool>;
+    /// The common refresh in one statement: if the grant is active, belongs to
+    /// `r.client_id`, is at `r.generation` with `r.current_hash` (and, when given, has
+    /// audience `r.audience`), moves it to the next generation with `r.new_hash` and
+    /// returns it as it now is. `None` if any condition fails; the caller then reads the
+    /// grant to find out which (a retry, a reuse, a revocation).
+    async fn rotate_current_refresh(&self, r: &CurrentRefresh<'_>) -> Result<Option<Grant>>;
     /// Spends the one grace retry of generation `generation` (the client lost the
     /// response of a refresh and retries with the previous token); true if this call
     /// spent it.

@@ -21,8 +21,8 @@ use sqlx::sqlite::{
 
 use crate::migrations::{self, Migration};
 use crate::{
-    GrantFilter, KeyPlanner, KeyWrite, NewGrant, Redemption, Result, Revocation, Store, StoreError,
-    SweepReport, Versions,
+    CurrentRefresh, GrantFilter, KeyPlanner, KeyWrite, NewGrant, Redemption, Result, Revocation,
+    Store, StoreError, SweepReport, Versions,
 };
 
 /// The embedded default: one SQLite file in WAL mode.
@@ -48,13 +48,18 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // No ping before each use: a connection to a local file does not go stale, and
+        // with SQLite's driver a ping is one more round trip to the connection's thread,
+        // as costly as the statement itself.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts.clone())
             .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         let store = SqliteStore { pool, writer };
@@ -649,6 +654,30 @@ macro_rules! impl_store {
                 .await?
                 .rows_affected();
                 Ok(n == 1)
+            }
+
+            async fn rotate_current_refresh(&self, r: &CurrentRefresh<'_>) -> Result<Option<Grant>> {
+                // The new expiry is the earlier of the absolute and the idle limit
+                // (RFC 9700 §4.14.2), as `CASE` because SQLite has no LEAST.
+                let row = sqlx::query(concat!(
+                    "UPDATE grants SET refresh_generation = refresh_generation + 1, refresh_hash = $5, last_used_at = $7, \
+                     expires_at = CASE WHEN created_at + $8 < $7 + $9 THEN created_at + $8 ELSE $7 + $9 END, grace_used = 0 \
+                     WHERE grant_id = $1 AND client_id = $2 AND refresh_generation = $3 AND refresh_hash = $4 \
+                     AND revoked_at IS NULL AND expires_at > $7 AND ($6 IS NULL OR audience = $6) RETURNING ",
+                    grant_columns!()
+                ))
+                .bind(r.grant_id)
+                .bind(r.client_id)
+                .bind(r.generation)
+                .bind(r.current_hash)
+                .bind(r.new_hash)
+                .bind(r.audience)
+                .bind(r.now)
+                .bind(r.absolute_ttl)
+                .bind(r.idle_ttl)
+                .fetch_optional(&self.writer)
+                .await?;
+                row.as_ref().map(Self::grant_from_row).transpose()
             }
 
             async fn use_refresh_grace(&self, grant_id: &str, generation: i64) -> Result<bool> {

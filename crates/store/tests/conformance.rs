@@ -17,8 +17,8 @@ use latchkey_core::pkce::CodeChallenge;
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 use latchkey_store::{
-    GrantFilter, KeyWrite, NewGrant, PgStore, Redemption, SqliteStore, Store, StoreError,
-    SweepReport,
+    CurrentRefresh, GrantFilter, KeyWrite, NewGrant, PgStore, Redemption, SqliteStore, Store,
+    StoreError, SweepReport,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -352,6 +352,119 @@ async fn grants(s: Arc<dyn Store>) {
     }
     assert_eq!(wins, 1);
     assert_eq!(s.grant("g1").await.unwrap().unwrap().refresh_generation, 3);
+
+    // The one-statement rotation: every condition must hold, and the grant comes back
+    // as it now is.
+    s.insert_grant(&grant("g-fast", "u1", "c1")).await.unwrap();
+    let base = CurrentRefresh {
+        grant_id: "g-fast",
+        client_id: "c1",
+        generation: 1,
+        current_hash: "h1",
+        new_hash: "h2",
+        audience: Some("https://api.example.com"),
+        now: NOW + 10,
+        absolute_ttl: 100,
+        idle_ttl: 50,
+    };
+    for (why, r) in [
+        (
+            "another client",
+            CurrentRefresh {
+                client_id: "c2",
+                ..base.clone()
+            },
+        ),
+        (
+            "an old generation",
+            CurrentRefresh {
+                generation: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "a wrong secret",
+            CurrentRefresh {
+                current_hash: "hx",
+                ..base.clone()
+            },
+        ),
+        (
+            "another audience",
+            CurrentRefresh {
+                audience: Some("https://other.example"),
+                ..base.clone()
+            },
+        ),
+        (
+            "after expiry",
+            CurrentRefresh {
+                now: NOW + 3600,
+                ..base.clone()
+            },
+        ),
+        (
+            "an unknown grant",
+            CurrentRefresh {
+                grant_id: "nope",
+                ..base.clone()
+            },
+        ),
+    ] {
+        assert!(
+            s.rotate_current_refresh(&r).await.unwrap().is_none(),
+            "rotated despite {why}"
+        );
+    }
+    let g = s
+        .rotate_current_refresh(&base)
+        .await
+        .unwrap()
+        .expect("rotated");
+    // The idle limit (NOW + 10 + 50) comes before the absolute one (NOW + 100).
+    assert_eq!(
+        (
+            g.refresh_generation,
+            g.refresh_hash.as_deref(),
+            g.last_used_at,
+            g.expires_at
+        ),
+        (2, Some("h2"), NOW + 10, NOW + 60)
+    );
+    assert!(
+        s.rotate_current_refresh(&base).await.unwrap().is_none(),
+        "the same token rotates once"
+    );
+    let g = s
+        .rotate_current_refresh(&CurrentRefresh {
+            generation: 2,
+            current_hash: "h2",
+            new_hash: "h3",
+            audience: None,
+            now: NOW + 55,
+            ..base.clone()
+        })
+        .await
+        .unwrap()
+        .expect("no resource named: any audience");
+    assert_eq!(
+        g.expires_at,
+        NOW + 100,
+        "the absolute limit comes first now"
+    );
+    assert!(s.revoke_grant("g-fast", NOW).await.unwrap());
+    assert!(
+        s.rotate_current_refresh(&CurrentRefresh {
+            generation: 3,
+            current_hash: "h3",
+            now: NOW + 57,
+            ..base.clone()
+        })
+        .await
+        .unwrap()
+        .is_none(),
+        "a revoked grant does not rotate"
+    );
 
     // The grace retry of a generation can be spent once, and rotation resets it.
     assert!(s.use_refresh_grace("g1", 3).await.unwrap());
