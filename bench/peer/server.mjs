@@ -1,7 +1,7 @@
 // The peer: oidc-provider 9 (the most complete certified OpenID provider library),
 // configured as close to Latchkey as it allows, on the fastest store it can have.
 //
-//   node bench/peer/server.mjs --listen 127.0.0.1:0 --fixture FILE [--clients 100] [--users 1000]
+//   node bench/peer/server.mjs --listen 127.0.0.1:0 --fixture FILE [--clients 100] [--users 1000] [--id-token-alg EdDSA]
 //
 // Prints `listening on URL` once it serves, after writing FILE: the credentials and
 // signed-in session cookies the load generator uses (the same shape as
@@ -9,7 +9,8 @@
 //
 // Equivalence with Latchkey:
 // - access tokens for the resource https://api.example/ are JWTs signed with EdDSA
-//   (RFC 8707 resource indicators with accessTokenFormat 'jwt'); ID tokens RS256;
+//   (RFC 8707 resource indicators with accessTokenFormat 'jwt'); ID tokens signed as
+//   --id-token-alg says (EdDSA or RS256), as Latchkey's clients register them;
 // - client_secret_basic; PKCE S256 required; refresh tokens issued to every client
 //   allowed the grant and rotated on every use; introspection on;
 // - user U has a session and a grant of `openid profile email` + `api` on the resource
@@ -43,6 +44,8 @@ function arg(name, fallback) {
 const listen = arg('--listen', '127.0.0.1:0');
 const fixturePath = arg('--fixture', null);
 const CLIENTS = Number(arg('--clients', '100'));
+// How the clients register their ID tokens to be signed (EdDSA or RS256), as Latchkey's.
+const ID_TOKEN_ALG = arg('--id-token-alg', 'EdDSA');
 const USERS = Number(arg('--users', '1000'));
 
 // Derived like latchkey-bench's generator, so both hold the same kind of data.
@@ -151,6 +154,7 @@ const provider = new Provider(issuer, {
     grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: ID_TOKEN_ALG,
   })),
   async findAccount(ctx, sub) {
     return {

@@ -36,6 +36,29 @@ pub struct Size {
     pub clients: usize,
     pub users: usize,
     pub grants: usize,
+    /// How every client registers its ID tokens to be signed
+    /// (`id_token_signed_response_alg`).
+    pub id_token_alg: IdTokenAlg,
+}
+
+/// The ID token algorithms the harness compares (both servers support both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum IdTokenAlg {
+    /// Ed25519: what Latchkey signs access tokens with.
+    #[value(name = "EdDSA")]
+    EdDSA,
+    /// RSA-2048 PKCS#1: the OIDC default that every relying party accepts.
+    #[value(name = "RS256")]
+    RS256,
+}
+
+impl IdTokenAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdTokenAlg::EdDSA => "EdDSA",
+            IdTokenAlg::RS256 => "RS256",
+        }
+    }
 }
 
 impl Size {
@@ -45,6 +68,7 @@ impl Size {
         clients: 100,
         users: 1_000,
         grants: 1_000,
+        id_token_alg: IdTokenAlg::EdDSA,
     };
 }
 
@@ -185,7 +209,7 @@ fn scope() -> Result<Scope, String> {
     Scope::parse(SCOPE).map_err(|e| e.description().to_owned())
 }
 
-fn client(i: usize, now: i64) -> Result<Client, String> {
+fn client(i: usize, id_token_alg: IdTokenAlg, now: i64) -> Result<Client, String> {
     Ok(Client {
         client_id: client_id(i),
         name: format!("Bench app {i}"),
@@ -200,7 +224,10 @@ fn client(i: usize, now: i64) -> Result<Client, String> {
         audiences: vec![],
         resources: vec![RESOURCE.into()],
         access_token_ttl: 300,
-        id_token_alg: Alg::RS256,
+        id_token_alg: match id_token_alg {
+            IdTokenAlg::EdDSA => Alg::EdDSA,
+            IdTokenAlg::RS256 => Alg::RS256,
+        },
         created_at: now,
     })
 }
@@ -279,7 +306,7 @@ pub async fn generate(
             };
             for i in (t..size.clients).step_by(parallel) {
                 store
-                    .create_client(&client(i, now)?)
+                    .create_client(&client(i, size.id_token_alg, now)?)
                     .await
                     .map_err(|e| format!("client {i}: {e}"))?;
                 tick(&done);
@@ -409,6 +436,7 @@ mod tests {
             clients: 100_000,
             users: 100_000,
             grants: 1_000_000,
+            id_token_alg: IdTokenAlg::EdDSA,
         };
         let mut seen = std::collections::HashSet::new();
         for n in 0..10 {

@@ -56,6 +56,9 @@ enum Command {
         users: usize,
         #[arg(long, default_value_t = Size::SMALL.grants)]
         grants: usize,
+        /// How the clients register their ID tokens to be signed.
+        #[arg(long, value_enum, default_value = "EdDSA")]
+        id_token_alg: data::IdTokenAlg,
         /// Where to write the fixture (JSON).
         #[arg(long)]
         fixture: Option<PathBuf>,
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             fixture,
             sample,
             parallel,
+            id_token_alg,
         } => generate(
             data_dir,
             database_url,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
                 clients,
                 users,
                 grants,
+                id_token_alg,
             },
             fixture,
             sample,

@@ -65,6 +65,10 @@ pub struct Options {
     /// Leave parts out: ceiling, sqlite, postgres, peer, scale, accounting, callgrind.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
+    /// How every client of both servers registers its ID tokens to be signed
+    /// (`id_token_signed_response_alg`): EdDSA (default) or RS256.
+    #[arg(long, value_enum, default_value = "EdDSA")]
+    pub id_token_alg: data::IdTokenAlg,
     /// Only these workloads (default: all six).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub workloads: Vec<Workload>,
@@ -347,6 +351,15 @@ impl Suite {
                 .o
                 .scale_grants
                 .unwrap_or(if smoke { 20_000 } else { 1_000_000 }),
+            id_token_alg: self.o.id_token_alg,
+        }
+    }
+
+    /// The everyday store, with this run's ID token algorithm.
+    fn small(&self) -> Size {
+        Size {
+            id_token_alg: self.o.id_token_alg,
+            ..Size::SMALL
         }
     }
 
@@ -384,7 +397,7 @@ impl Suite {
                 key: "sqlite".into(),
                 label: "Latchkey, SQLite".into(),
                 kind: Kind::Sqlite,
-                size: Some(Size::SMALL),
+                size: Some(self.small()),
                 large: false,
                 location: sqlite_dir("sqlite-small"),
             });
@@ -414,7 +427,7 @@ impl Suite {
                 key: "postgres".into(),
                 label: "Latchkey, PostgreSQL".into(),
                 kind: Kind::Postgres,
-                size: Some(Size::SMALL),
+                size: Some(self.small()),
                 large: false,
                 location: pg_url("latchkey_bench_small"),
             });
@@ -586,6 +599,8 @@ impl Suite {
                         &Size::SMALL.clients.to_string(),
                         "--users",
                         &Size::SMALL.users.to_string(),
+                        "--id-token-alg",
+                        self.o.id_token_alg.as_str(),
                     ])
                     .env("NODE_ENV", "production");
                 if counting {
@@ -921,11 +936,12 @@ impl Suite {
         let mut md = String::new();
         let o = &self.o;
         md.push_str(&format!(
-            "{} connections, closed loop, load generator on the same machine ({} threads); {:.1} s warm-up + {:.1} s measured per workload, each against a freshly started server{}.\n\n",
+            "{} connections, closed loop, load generator on the same machine ({} threads); {:.1} s warm-up + {:.1} s measured per workload, each against a freshly started server; ID tokens {} on both servers{}.\n\n",
             o.connections,
             o.threads,
             self.warmup.as_secs_f64(),
             self.measure.as_secs_f64(),
+            o.id_token_alg.as_str(),
             if o.smoke { "; SMOKE RUN: these numbers mean nothing" } else { "" }
         ));
         md.push_str("| workload | server | ops/s | p50 ms | p99 ms | Latchkey / peer | peak RSS | rows written / 10k ops | DB bytes / 10k ops | instructions / op |\n");
