@@ -1,6 +1,7 @@
 //! Admin operations behind `latchkey client …` and `latchkey user …`. They work on the
-//! store directly, so they run while a server uses the same data directory; servers read
-//! clients and users per request and see changes at once.
+//! store directly, so they run while a server uses the same data directory; each change
+//! bumps the store's change counter, and servers drop their cached clients and users
+//! within `client_check_interval_ms` (see `cache.rs`).
 
 use latchkey_core::client::{AuthMethod, Client, ClientKind, GrantType};
 use latchkey_core::jose::Alg;
