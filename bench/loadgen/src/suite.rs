@@ -622,8 +622,9 @@ impl Suite {
     }
 
     /// Instructions the server executes per operation, whatever else the machine is
-    /// doing: the server runs under callgrind, its counters are zeroed once the
-    /// connections are set up, and dumped after exactly `n` operations (8 connections).
+    /// doing: the server runs under callgrind, `3n` operations warm it up, then its
+    /// counters are zeroed once the connections are set up, and dumped after exactly
+    /// `n` operations (8 connections).
     fn instructions(&self, t: &Target, w: Workload, n: u64) -> Result<f64, String> {
         let dir = self.o.work.join("callgrind");
         let _ = std::fs::remove_dir_all(&dir);
@@ -651,9 +652,14 @@ impl Suite {
                     .status();
             }) as Box<dyn FnOnce() + Send>
         };
+        // Warm up first, as the timed runs do: the fixture's clients and users reach the
+        // server's caches, so the count is of the steady state and not of first reads.
+        let mut warm = self.spec(&server, &fixture, w, Amount::Ops(3 * n))?;
+        warm.connections = 8;
+        let warmed = load::run(&warm, None);
         let mut spec = self.spec(&server, &fixture, w, Amount::Ops(n))?;
         spec.connections = 8;
-        let outcome = load::run(&spec, Some(zero));
+        let outcome = warmed.and_then(|_| load::run(&spec, Some(zero)));
         let dumped = Command::new("callgrind_control")
             .args(["-d", &pid])
             .stdout(Stdio::null())

@@ -6,16 +6,22 @@
 //! store (`Store::versions`) in the same transaction as the change. Each node polls the
 //! counters every `client_check_interval_ms` and drops a cache whose counter moved, so
 //! a deleted client or a replaced secret stops working on every node within one poll.
-//! Tokens a deleted client obtains during that poll are still refused by APIs that
-//! follow the revocation feed (its `client` entry covers every token of the client)
-//! and by introspection once the poll has run. A deleted user needs no poll: deleting
-//! ends their sessions and revokes their grants in the same transaction, and those are
-//! never cached.
+//! Triggers bump the counters on every change to those tables, whoever makes it.
+//! Entries are trusted only while the last check is recent (four intervals and a
+//! second): a node whose checks stall reads from the store as if it had no cache.
+//!
+//! What a deleted client can still do within that poll is bounded: the codes it obtains
+//! cannot be redeemed (`Store::redeem_code` requires the client), introspection and
+//! userinfo refuse its tokens once the poll has run, and APIs that follow the
+//! revocation feed refuse them at once (its `client` entry covers every token of the
+//! client). A deleted user needs no poll: deleting ends their sessions and revokes
+//! their grants in the same transaction, and those are never cached.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use latchkey_store::StoreError;
 
@@ -32,17 +38,42 @@ pub struct VersionedCache<T> {
     /// The store's counter the entries belong to; `None` before the first check and
     /// after a failed one.
     version: Mutex<Option<i64>>,
+    /// When the counter was last read, in milliseconds after `born` plus one (0: never).
+    /// Entries are used only while that is within `max_age`: a node whose checks stall
+    /// (a hung database, no checker running) reads from the store instead.
+    checked_ms: AtomicU64,
+    born: Instant,
+    max_age: Duration,
     enabled: bool,
 }
 
 impl<T> VersionedCache<T> {
-    /// A cache; `enabled: false` makes every lookup a store read.
-    pub fn new(enabled: bool) -> VersionedCache<T> {
+    /// A cache whose entries are trusted while the counter was read within `max_age`;
+    /// `enabled: false` makes every lookup a store read.
+    pub fn new(enabled: bool, max_age: Duration) -> VersionedCache<T> {
         VersionedCache {
             entries: RwLock::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             version: Mutex::new(None),
+            checked_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            max_age,
             enabled,
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether the counter was read recently enough to trust the entries.
+    fn recently_checked(&self) -> bool {
+        match self.checked_ms.load(Ordering::Acquire) {
+            0 => false,
+            at => {
+                let age = self.elapsed_ms().saturating_sub(at - 1);
+                u128::from(age) <= self.max_age.as_millis()
+            }
         }
     }
 
@@ -52,7 +83,7 @@ impl<T> VersionedCache<T> {
     where
         F: Future<Output = Result<Option<T>, StoreError>>,
     {
-        if !self.enabled {
+        if !self.enabled || !self.recently_checked() {
             return Ok(load.await?.map(Arc::new));
         }
         if let Some(v) = self
@@ -85,6 +116,12 @@ impl<T> VersionedCache<T> {
             let mut version = self.version.lock().unwrap_or_else(PoisonError::into_inner);
             let changed = *version != counter || counter.is_none();
             *version = counter;
+            let checked = if counter.is_some() {
+                self.elapsed_ms().saturating_add(1)
+            } else {
+                0
+            };
+            self.checked_ms.store(checked, Ordering::Release);
             changed
         };
         if changed {
@@ -117,7 +154,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_cached_until_the_counter_moves() {
-        let cache = VersionedCache::new(true);
+        let cache = VersionedCache::new(true, Duration::from_secs(60));
         cache.observe(Some(1));
         let a = cache.get("c", load(Some("old"))).await.unwrap().unwrap();
         assert_eq!(*a, "old");
@@ -133,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_counter_drops_everything() {
-        let cache = VersionedCache::new(true);
+        let cache = VersionedCache::new(true, Duration::from_secs(60));
         cache.observe(Some(7));
         cache.get("c", load(Some("x"))).await.unwrap();
         assert_eq!(cache.len(), 1);
@@ -147,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_load_that_straddles_a_drop_is_not_kept() {
-        let cache = Arc::new(VersionedCache::new(true));
+        let cache = Arc::new(VersionedCache::new(true, Duration::from_secs(60)));
         cache.observe(Some(1));
         let c2 = cache.clone();
         // The load reads "old", then the counter moves before it returns.
@@ -163,8 +200,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_is_trusted_without_a_recent_check() {
+        let cache = VersionedCache::new(true, Duration::from_millis(50));
+        // Never checked: every lookup loads.
+        cache.get("c", load(Some("a"))).await.unwrap();
+        assert_eq!(
+            *cache.get("c", load(Some("b"))).await.unwrap().unwrap(),
+            "b"
+        );
+        cache.observe(Some(1));
+        cache.get("c", load(Some("a"))).await.unwrap();
+        assert_eq!(
+            *cache.get("c", load(Some("b"))).await.unwrap().unwrap(),
+            "a"
+        );
+        // The checks stall: past max_age the store is read again.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(
+            *cache.get("c", load(Some("b"))).await.unwrap().unwrap(),
+            "b"
+        );
+    }
+
+    #[tokio::test]
     async fn disabled_always_loads() {
-        let cache = VersionedCache::new(false);
+        let cache = VersionedCache::new(false, Duration::from_secs(60));
         cache.observe(Some(1));
         cache.get("c", load(Some("a"))).await.unwrap();
         assert_eq!(

@@ -50,9 +50,9 @@ pub struct Config {
     pub jwks_max_age: i64,
     /// How often a node reloads the keys and runs the rotation schedule.
     pub key_check_interval: i64,
-    /// How often (milliseconds) a node checks whether an admin command changed a client;
-    /// clients are cached in between, so a change takes effect on every node within this
-    /// time. 0 turns the cache off (every request reads its client from the store).
+    /// How often (milliseconds) a node checks whether a client or a user changed; both
+    /// are cached in between, so a change takes effect on every node within this time.
+    /// 0 turns the caches off (every request reads them from the store).
     pub client_check_interval_ms: i64,
     /// Algorithm of access tokens: EdDSA (default), ES256 or RS256.
     pub access_token_alg: String,
@@ -188,6 +188,17 @@ impl Config {
         }
         if !(0..=300).contains(&self.refresh_grace_seconds) {
             return Err("refresh_grace_seconds must be between 0 and 300".to_owned());
+        }
+        // Ten years: far beyond any sane grant lifetime, far below where expiry
+        // arithmetic in SQL could overflow.
+        for (name, v) in [
+            ("refresh_ttl", self.refresh_ttl),
+            ("refresh_idle_ttl", self.refresh_idle_ttl),
+            ("session_ttl", self.session_ttl),
+        ] {
+            if v > 10 * 365 * 24 * 3600 {
+                return Err(format!("{name} must be at most ten years"));
+            }
         }
         if !(0..=60_000).contains(&self.client_check_interval_ms) {
             return Err("client_check_interval_ms must be between 0 and 60000".to_owned());

@@ -187,6 +187,9 @@ pub async fn build_state(
     let dummy_password_hash = password::hash(&dummy, &rng)?;
     let secure_cookies = issuer.starts_with("https://");
     let caching = config.client_check_interval_ms > 0;
+    let cache_max_age = std::time::Duration::from_millis(
+        u64::try_from(config.client_check_interval_ms).unwrap_or(0) * 4 + 1000,
+    );
     let state = AppState(Arc::new(Inner {
         store,
         config,
@@ -199,8 +202,8 @@ pub async fn build_state(
         dummy_password_hash,
         secure_cookies,
         demo,
-        clients: cache::VersionedCache::new(caching),
-        users: cache::VersionedCache::new(caching),
+        clients: cache::VersionedCache::new(caching, cache_max_age),
+        users: cache::VersionedCache::new(caching, cache_max_age),
         throttle: throttle::Throttle::default(),
         hashing: tokio::sync::Semaphore::new(hashing_permits()),
     }));
@@ -368,21 +371,26 @@ async fn cache_keeper(state: AppState) {
     if ms == 0 {
         return;
     }
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(ms));
+    let period = std::time::Duration::from_millis(ms);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match state.store.versions().await {
-            Ok(v) => {
-                state.clients.observe(Some(v.clients));
-                state.users.observe(Some(v.users));
-            }
-            Err(e) => {
+        // A read that hangs is a failed read: the caches must not outlive it.
+        let limit = period.max(std::time::Duration::from_secs(1));
+        let counters = match tokio::time::timeout(limit, state.store.versions()).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the change counters; caches dropped");
-                state.clients.observe(None);
-                state.users.observe(None);
+                None
             }
-        }
+            Err(_) => {
+                tracing::warn!("reading the change counters timed out; caches dropped");
+                None
+            }
+        };
+        state.clients.observe(counters.map(|v| v.clients));
+        state.users.observe(counters.map(|v| v.users));
     }
 }
 

@@ -187,8 +187,9 @@ enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Give a confidential client a new secret (printed once); the old one stops working
-    /// at once. With --revoke-grants, every grant the client holds is revoked too.
+    /// Give a confidential client a new secret (printed once); running servers stop
+    /// accepting the old one within client_check_interval_ms (250 ms). With
+    /// --revoke-grants, every grant the client holds is revoked too.
     RotateSecret {
         #[command(flatten)]
         store: StoreArgs,
@@ -510,7 +511,7 @@ async fn client_command(c: ClientCommand) -> Result<(), String> {
                 );
             } else {
                 println!(
-                    "client_secret: {secret}\n(the old secret no longer works; this one is shown only now)"
+                    "client_secret: {secret}\n(servers refuse the old secret within client_check_interval_ms; this one is shown only now)"
                 );
                 if revoke_grants {
                     println!("revoked {revoked} grants");

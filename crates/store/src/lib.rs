@@ -169,11 +169,12 @@ pub trait Store: Send + Sync + 'static {
     async fn client(&self, client_id: &str) -> Result<Option<Client>>;
     async fn list_clients(&self) -> Result<Vec<Client>>;
     async fn delete_client(&self, client_id: &str, now: i64) -> Result<bool>;
-    /// Replaces a confidential client's secret digest (TM-14); the old secret stops
-    /// working at once. False if there is no such confidential client.
+    /// Replaces a confidential client's secret digest (TM-14); servers drop their cached
+    /// copy when they next see the clients counter move. False if there is no such
+    /// confidential client.
     async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool>;
-    /// Counters that every change to a client (create, delete, new secret) or a user
-    /// (create, delete) increases in the same transaction: nodes poll them to know when
+    /// Counters that every change to the clients or users table increases in the same
+    /// transaction (by triggers, whoever writes): nodes poll them to know when
     /// their caches are stale.
     async fn versions(&self) -> Result<Versions>;
 
@@ -196,6 +197,8 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically consumes the code and, in the same transaction, makes the grant it
     /// produces from the code and `grant`. Because both commit together, a second
     /// redemption racing this one always finds the grant to revoke (RFC 9700 §4.2.4).
+    /// A code whose client no longer exists is `NotFound`: deleting a client must leave
+    /// it no grant, even one from a code a server issued just after from its cache.
     async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption>;
 
     // Grants

@@ -6,6 +6,10 @@
 pub(crate) struct Migration {
     pub version: i64,
     pub sql: &'static str,
+    /// Run after `sql` on SQLite only: what the two dialects cannot say alike (triggers).
+    pub sqlite: &'static str,
+    /// Run after `sql` on PostgreSQL only.
+    pub postgres: &'static str,
 }
 
 pub(crate) const MIGRATIONS: &[Migration] = &[
@@ -107,13 +111,15 @@ CREATE TABLE revocations (
 );
 CREATE INDEX revocations_at ON revocations (revoked_at);
 "#,
+        sqlite: "",
+        postgres: "",
     },
     Migration {
         version: 2,
         sql: r#"
--- Counters that every node polls to know when a cache it keeps is stale (DESIGN §8):
--- a statement that changes a client bumps `clients`, one that changes a user `users`,
--- in the same transaction.
+-- Counters that every node polls to know when a cache it keeps is stale (DESIGN §8).
+-- Triggers bump them in the transaction of any statement that changes a client or a
+-- user, whoever runs it: the admin commands, an older binary, or an operator's SQL.
 CREATE TABLE change_counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -125,6 +131,32 @@ INSERT INTO change_counters (name, value) VALUES ('users', 0);
 -- pair has accumulated.
 CREATE INDEX grants_user_client_created ON grants (user_id, client_id, created_at);
 DROP INDEX grants_user_client;
+"#,
+        sqlite: r#"
+CREATE TRIGGER clients_inserted AFTER INSERT ON clients
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'clients'; END;
+CREATE TRIGGER clients_updated AFTER UPDATE ON clients
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'clients'; END;
+CREATE TRIGGER clients_deleted AFTER DELETE ON clients
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'clients'; END;
+CREATE TRIGGER users_inserted AFTER INSERT ON users
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'users'; END;
+CREATE TRIGGER users_updated AFTER UPDATE ON users
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'users'; END;
+CREATE TRIGGER users_deleted AFTER DELETE ON users
+BEGIN UPDATE change_counters SET value = value + 1 WHERE name = 'users'; END;
+"#,
+        postgres: r#"
+CREATE FUNCTION latchkey_bump_counter() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE change_counters SET value = value + 1 WHERE name = TG_ARGV[0];
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER clients_changed AFTER INSERT OR UPDATE OR DELETE ON clients
+    FOR EACH STATEMENT EXECUTE FUNCTION latchkey_bump_counter('clients');
+CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION latchkey_bump_counter('users');
 "#,
     },
 ];

@@ -93,6 +93,9 @@ async fn apply_sqlite(conn: &mut sqlx::SqliteConnection, list: &[Migration]) -> 
         .try_get("v")?;
     for m in list.iter().filter(|m| m.version > current) {
         sqlx::raw_sql(m.sql).execute(&mut *conn).await?;
+        if !m.sqlite.is_empty() {
+            sqlx::raw_sql(m.sqlite).execute(&mut *conn).await?;
+        }
         sqlx::query(
             "INSERT INTO schema_version (version, applied_at) VALUES ($1, strftime('%s','now'))",
         )
@@ -148,6 +151,9 @@ impl PgStore {
             sqlx::raw_sql(sqlx::AssertSqlSafe(migrations::for_postgres(m.sql)))
                 .execute(&mut *tx)
                 .await?;
+            if !m.postgres.is_empty() {
+                sqlx::raw_sql(m.postgres).execute(&mut *tx).await?;
+            }
             sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)")
                 .bind(m.version)
                 .execute(&mut *tx)
@@ -230,16 +236,6 @@ macro_rules! impl_store {
                 .execute(&mut *conn)
                 .await
                 .map_err(conflict_or)?;
-                Ok(())
-            }
-
-            /// Increases a change counter (see `Store::versions`) inside the caller's
-            /// transaction.
-            async fn bump_on(conn: &mut <$db as sqlx::Database>::Connection, name: &str) -> Result<()> {
-                sqlx::query("UPDATE change_counters SET value = value + 1 WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *conn)
-                    .await?;
                 Ok(())
             }
 
@@ -365,7 +361,6 @@ macro_rules! impl_store {
                 let redirect = serde_json::to_string(&redirect).map_err(|_| corrupt("client redirect_uris"))?;
                 let post_logout: Vec<&str> = c.post_logout_redirect_uris.iter().map(RedirectUri::as_str).collect();
                 let post_logout = serde_json::to_string(&post_logout).map_err(|_| corrupt("client post_logout_redirect_uris"))?;
-                let mut tx = self.writer.begin().await?;
                 sqlx::query(
                     "INSERT INTO clients (client_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, auth_methods, first_party, access_token_ttl, id_token_alg, post_logout_redirect_uris, audiences, resources, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
@@ -384,11 +379,9 @@ macro_rules! impl_store {
                 .bind(c.audiences.join(" "))
                 .bind(c.resources.join(" "))
                 .bind(c.created_at)
-                .execute(&mut *tx)
+                .execute(&self.writer)
                 .await
                 .map_err(conflict_or)?;
-                Self::bump_on(&mut tx, "clients").await?;
-                tx.commit().await?;
                 Ok(())
             }
 
@@ -427,21 +420,17 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                Self::bump_on(&mut tx, "clients").await?;
                 tx.commit().await?;
                 Ok(n > 0)
             }
 
             async fn set_client_secret(&self, client_id: &str, secret_hash: &str) -> Result<bool> {
-                let mut tx = self.writer.begin().await?;
                 let n = sqlx::query("UPDATE clients SET secret_hash = $2 WHERE client_id = $1 AND kind = 'confidential'")
                     .bind(client_id)
                     .bind(secret_hash)
-                    .execute(&mut *tx)
+                    .execute(&self.writer)
                     .await?
                     .rows_affected();
-                Self::bump_on(&mut tx, "clients").await?;
-                tx.commit().await?;
                 Ok(n == 1)
             }
 
@@ -463,7 +452,6 @@ macro_rules! impl_store {
             }
 
             async fn create_user(&self, u: &User) -> Result<()> {
-                let mut tx = self.writer.begin().await?;
                 sqlx::query(
                     "INSERT INTO users (user_id, username, password_hash, email, email_verified, name, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
@@ -475,11 +463,9 @@ macro_rules! impl_store {
                 .bind(&u.name)
                 .bind(i64::from(u.disabled))
                 .bind(u.created_at)
-                .execute(&mut *tx)
+                .execute(&self.writer)
                 .await
                 .map_err(conflict_or)?;
-                Self::bump_on(&mut tx, "users").await?;
-                tx.commit().await?;
                 Ok(())
             }
 
@@ -525,7 +511,6 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                Self::bump_on(&mut tx, "users").await?;
                 tx.commit().await?;
                 Ok(n > 0)
             }
@@ -589,7 +574,8 @@ macro_rules! impl_store {
                 let mut tx = self.writer.begin().await?;
                 // REL-01: one conditional statement; of N racing redemptions one wins.
                 let row = sqlx::query(concat!(
-                    "UPDATE codes SET redeemed_at = $2, grant_id = $3 WHERE code_hash = $1 AND redeemed_at IS NULL RETURNING ",
+                    "UPDATE codes SET redeemed_at = $2, grant_id = $3 WHERE code_hash = $1 AND redeemed_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM clients WHERE clients.client_id = codes.client_id) RETURNING ",
                     code_columns!()
                 ))
                 .bind(code_hash)
@@ -599,13 +585,19 @@ macro_rules! impl_store {
                 .await?;
                 let Some(row) = row else {
                     drop(tx);
-                    let row = sqlx::query("SELECT grant_id FROM codes WHERE code_hash = $1")
+                    let row = sqlx::query("SELECT grant_id, redeemed_at FROM codes WHERE code_hash = $1")
                         .bind(code_hash)
                         .fetch_optional(&self.pool)
                         .await?;
-                    return Ok(match row {
-                        Some(r) => Redemption::AlreadyRedeemed { grant_id: r.try_get("grant_id")? },
-                        None => Redemption::NotFound,
+                    let redeemed_at: Option<i64> = match &row {
+                        Some(r) => r.try_get("redeemed_at")?,
+                        None => None,
+                    };
+                    return Ok(match (row, redeemed_at) {
+                        (Some(r), Some(_)) => Redemption::AlreadyRedeemed { grant_id: r.try_get("grant_id")? },
+                        // Not redeemed and still not redeemable: its client was deleted
+                        // (a server may have issued it just after, from a cached client).
+                        _ => Redemption::NotFound,
                     });
                 };
                 let code = Self::code_from_row(&row)?;

@@ -276,6 +276,34 @@ async fn codes(s: Arc<dyn Store>) {
         Redemption::NotFound
     ));
 
+    // What the redemption inserted is what `grant_from` says it did (the token endpoint
+    // uses that instead of reading the grant back).
+    s.insert_code(&code("code-same")).await.unwrap();
+    let Redemption::Redeemed(c) = s
+        .redeem_code("code-same", &new_grant("g-same"), NOW)
+        .await
+        .unwrap()
+    else {
+        panic!("not redeemed")
+    };
+    assert_eq!(
+        format!("{:?}", new_grant("g-same").grant_from(&c, NOW)),
+        format!("{:?}", s.grant("g-same").await.unwrap().unwrap())
+    );
+    s.revoke_grant("g-same", NOW).await.unwrap();
+
+    // A code whose client was deleted (issued from a server's cached copy) makes no grant.
+    let mut orphan = code("code-orphan");
+    orphan.client_id = "deleted-client".into();
+    s.insert_code(&orphan).await.unwrap();
+    assert!(matches!(
+        s.redeem_code("code-orphan", &new_grant("g-orphan"), NOW)
+            .await
+            .unwrap(),
+        Redemption::NotFound
+    ));
+    assert!(s.grant("g-orphan").await.unwrap().is_none());
+
     // REL-01: of many racing redemptions exactly one wins.
     s.insert_code(&code("race")).await.unwrap();
     let mut tasks = Vec::new();
