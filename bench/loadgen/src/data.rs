@@ -368,11 +368,9 @@ pub async fn fill_sqlite(dir: &std::path::Path, size: Size, now: i64) -> Result<
     let store = latchkey_store::SqliteStore::open(&work_file)
         .await
         .map_err(|e| e.to_string())?;
-    let pool = store.pool().clone();
-    let result = generate(Arc::new(store), size, 1, now).await;
-    // The last connection to close checkpoints the WAL into the file.
-    pool.close().await;
-    result?;
+    // When it returns, the store is dropped: its connections are closed, the last of
+    // them checkpointing the WAL into the file.
+    generate(Arc::new(store), size, 1, now).await?;
     if let Some(staging) = staging {
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));

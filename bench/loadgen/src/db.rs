@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
 
 pub enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(rusqlite::Connection),
     Pg(PgPool),
 }
 
@@ -47,50 +46,69 @@ impl Snapshot {
 
 const LOG: &str = "bench_writes";
 
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Name and count rows of `sql` on SQLite: (text, text, integer) or (text, integer).
+fn sqlite_rows(c: &rusqlite::Connection, sql: &str) -> Result<Vec<(String, i64)>, String> {
+    let mut stmt = c.prepare(sql).map_err(err)?;
+    let columns = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            if columns == 3 {
+                Ok((
+                    format!("{} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                    r.get::<_, i64>(2)?,
+                ))
+            } else {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            }
+        })
+        .map_err(err)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err)
+}
+
 impl Db {
-    async fn tables(&self) -> Result<Vec<String>, sqlx::Error> {
+    async fn tables(&self) -> Result<Vec<String>, String> {
         let rows = match self {
-            Db::Sqlite(p) => {
-                sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'bench_%' ORDER BY name")
-                    .fetch_all(p)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<String, _>("name"))
-                    .collect::<Result<Vec<_>, _>>()?
+            Db::Sqlite(c) => {
+                let mut stmt = c
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'bench_%' ORDER BY name")
+                    .map_err(err)?;
+                let names = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(err)?;
+                names.collect::<Result<Vec<_>, _>>().map_err(err)?
             }
             Db::Pg(p) => {
                 sqlx::query("SELECT tablename::TEXT AS name FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE 'bench_%' ORDER BY tablename")
                     .fetch_all(p)
-                    .await?
+                    .await
+                    .map_err(err)?
                     .iter()
                     .map(|r| r.try_get::<String, _>("name"))
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?
             }
         };
         Ok(rows)
     }
 
     /// Adds the log table and one trigger per table and operation.
-    pub async fn install_counters(&self) -> Result<(), sqlx::Error> {
+    pub async fn install_counters(&self) -> Result<(), String> {
         self.remove_counters().await?;
         let tables = self.tables().await?;
         match self {
-            Db::Sqlite(p) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "CREATE TABLE {LOG} (tbl TEXT NOT NULL, op TEXT NOT NULL)"
-                )))
-                .execute(p)
-                .await?;
+            Db::Sqlite(c) => {
+                let mut sql = format!("CREATE TABLE {LOG} (tbl TEXT NOT NULL, op TEXT NOT NULL);");
                 for t in &tables {
                     for op in ["INSERT", "UPDATE", "DELETE"] {
                         let lower = op.to_ascii_lowercase();
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "CREATE TRIGGER bench_w_{t}_{lower} AFTER {op} ON {t} BEGIN INSERT INTO {LOG} (tbl, op) VALUES ('{t}', '{lower}'); END"
-                        )))
-                        .execute(p)
-                        .await?;
+                        sql.push_str(&format!(
+                            "CREATE TRIGGER bench_w_{t}_{lower} AFTER {op} ON {t} BEGIN INSERT INTO {LOG} (tbl, op) VALUES ('{t}', '{lower}'); END;"
+                        ));
                     }
                 }
+                c.execute_batch(&sql).map_err(err)?;
             }
             Db::Pg(p) => {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -99,35 +117,33 @@ impl Db {
                      BEGIN INSERT INTO {LOG} (tbl, op) VALUES (TG_TABLE_NAME, lower(TG_OP)); RETURN NULL; END $$;"
                 )))
                 .execute(p)
-                .await?;
+                .await
+                .map_err(err)?;
                 for t in &tables {
                     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "CREATE TRIGGER bench_w_{t} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION bench_count_write()"
                     )))
                     .execute(p)
-                    .await?;
+                    .await
+                    .map_err(err)?;
                 }
             }
         }
         Ok(())
     }
 
-    pub async fn remove_counters(&self) -> Result<(), sqlx::Error> {
+    pub async fn remove_counters(&self) -> Result<(), String> {
         let tables = self.tables().await?;
         match self {
-            Db::Sqlite(p) => {
+            Db::Sqlite(c) => {
+                let mut sql = String::new();
                 for t in &tables {
                     for op in ["insert", "update", "delete"] {
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP TRIGGER IF EXISTS bench_w_{t}_{op}"
-                        )))
-                        .execute(p)
-                        .await?;
+                        sql.push_str(&format!("DROP TRIGGER IF EXISTS bench_w_{t}_{op};"));
                     }
                 }
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {LOG}")))
-                    .execute(p)
-                    .await?;
+                sql.push_str(&format!("DROP TABLE IF EXISTS {LOG};"));
+                c.execute_batch(&sql).map_err(err)?;
             }
             Db::Pg(p) => {
                 for t in &tables {
@@ -135,79 +151,72 @@ impl Db {
                         "DROP TRIGGER IF EXISTS bench_w_{t} ON {t}"
                     )))
                     .execute(p)
-                    .await?;
+                    .await
+                    .map_err(err)?;
                 }
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "DROP TABLE IF EXISTS {LOG}; DROP FUNCTION IF EXISTS bench_count_write()"
                 )))
                 .execute(p)
-                .await?;
+                .await
+                .map_err(err)?;
             }
         }
         Ok(())
     }
 
-    pub async fn snapshot(&self) -> Result<Snapshot, sqlx::Error> {
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
         let count_sql = format!("SELECT tbl, op, COUNT(*) AS n FROM {LOG} GROUP BY tbl, op");
         let mut writes = BTreeMap::new();
         let mut bytes = BTreeMap::new();
         match self {
-            Db::Sqlite(p) => {
-                for r in sqlx::query(sqlx::AssertSqlSafe(count_sql))
-                    .fetch_all(p)
-                    .await?
-                {
-                    writes.insert(
-                        format!(
-                            "{} {}",
-                            r.try_get::<String, _>("tbl")?,
-                            r.try_get::<String, _>("op")?
-                        ),
-                        r.try_get::<i64, _>("n")?,
-                    );
-                }
+            Db::Sqlite(c) => {
+                writes.extend(sqlite_rows(c, &count_sql)?);
                 // dbstat sees the WAL's pages too, so no checkpoint is needed.
-                let sized = sqlx::query(
+                match sqlite_rows(
+                    c,
                     "SELECT m.tbl_name AS t, SUM(s.pgsize) AS b FROM dbstat s JOIN sqlite_master m ON m.name = s.name WHERE m.tbl_name NOT LIKE 'bench_%' GROUP BY m.tbl_name",
-                )
-                .fetch_all(p)
-                .await;
-                match sized {
-                    Ok(rows) => {
-                        for r in rows {
-                            bytes.insert(r.try_get::<String, _>("t")?, r.try_get::<i64, _>("b")?);
-                        }
-                    }
+                ) {
+                    Ok(rows) => bytes.extend(rows),
                     Err(_) => {
                         // Without the dbstat table: the whole file, log table included.
-                        let r = sqlx::query("SELECT page_count * page_size AS b FROM pragma_page_count(), pragma_page_size()")
-                            .fetch_one(p)
-                            .await?;
-                        bytes.insert("(database file)".into(), r.try_get::<i64, _>("b")?);
+                        let b: i64 = c
+                            .query_row(
+                                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                                [],
+                                |r| r.get(0),
+                            )
+                            .map_err(err)?;
+                        bytes.insert("(database file)".into(), b);
                     }
                 }
             }
             Db::Pg(p) => {
                 for r in sqlx::query(sqlx::AssertSqlSafe(count_sql))
                     .fetch_all(p)
-                    .await?
+                    .await
+                    .map_err(err)?
                 {
                     writes.insert(
                         format!(
                             "{} {}",
-                            r.try_get::<String, _>("tbl")?,
-                            r.try_get::<String, _>("op")?
+                            r.try_get::<String, _>("tbl").map_err(err)?,
+                            r.try_get::<String, _>("op").map_err(err)?
                         ),
-                        r.try_get::<i64, _>("n")?,
+                        r.try_get::<i64, _>("n").map_err(err)?,
                     );
                 }
                 for r in sqlx::query(
                     "SELECT relname::TEXT AS t, pg_total_relation_size(relid)::BIGINT AS b FROM pg_stat_user_tables WHERE relname NOT LIKE 'bench_%'",
                 )
                 .fetch_all(p)
-                .await?
+                .await
+                .map_err(err)?
                 {
-                    bytes.insert(r.try_get::<String, _>("t")?, r.try_get::<i64, _>("b")?);
+                    bytes.insert(
+                        r.try_get::<String, _>("t").map_err(err)?,
+                        r.try_get::<i64, _>("b").map_err(err)?,
+                    );
                 }
             }
         }
@@ -216,7 +225,7 @@ impl Db {
 
     pub async fn close(self) {
         match self {
-            Db::Sqlite(p) => p.close().await,
+            Db::Sqlite(c) => drop(c),
             Db::Pg(p) => p.close().await,
         }
     }

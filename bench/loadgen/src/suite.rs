@@ -257,15 +257,11 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
 async fn connect(target: &Target) -> Result<Db, String> {
     match target.kind {
         Kind::Sqlite => {
-            let opts = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(Path::new(&target.location).join("latchkey.db"))
-                .busy_timeout(Duration::from_secs(30));
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(opts)
-                .await
+            let conn = rusqlite::Connection::open(Path::new(&target.location).join("latchkey.db"))
                 .map_err(|e| e.to_string())?;
-            Ok(Db::Sqlite(pool))
+            conn.busy_timeout(Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            Ok(Db::Sqlite(conn))
         }
         Kind::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -279,13 +275,10 @@ async fn connect(target: &Target) -> Result<Db, String> {
     }
 }
 
-fn db_do<T>(
-    target: &Target,
-    f: impl AsyncFnOnce(&Db) -> Result<T, sqlx::Error>,
-) -> Result<T, String> {
+fn db_do<T>(target: &Target, f: impl AsyncFnOnce(&Db) -> Result<T, String>) -> Result<T, String> {
     block_on(async {
         let db = connect(target).await?;
-        let r = f(&db).await.map_err(|e| e.to_string());
+        let r = f(&db).await;
         db.close().await;
         r
     })?

@@ -70,24 +70,23 @@ async fn main() {
             })
             .sum()
     };
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    let side = rusqlite::Connection::open(&file).unwrap();
+    let checkpoint = || {
+        side.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    };
+    checkpoint();
     let before = size(&file);
     for i in 0..grants {
         sqlite.insert_grant(&grant(i)).await.unwrap();
     }
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(sqlite.pool())
-        .await
-        .unwrap();
+    checkpoint();
     let after = size(&file);
     println!(
         "  {grants} grants: {} bytes per grant (table and indexes), 1 row each",
         (after - before) / grants as u64
     );
-    sweep_codes_sqlite(&sqlite, codes).await;
+    sweep_codes_sqlite(&sqlite, &side, codes).await;
 
     let mut admin = sqlx::PgConnection::connect(&pg_admin)
         .await
@@ -129,18 +128,14 @@ async fn main() {
 
 const FILL: &str = "code_challenge_E9Melhoa2OwvFrEMTJguCHaoeK1t8UR";
 
-async fn sweep_codes_sqlite(s: &SqliteStore, n: i64) {
+async fn sweep_codes_sqlite(s: &SqliteStore, side: &rusqlite::Connection, n: i64) {
     let t = Instant::now();
-    sqlx::query(
-        "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < $1)
+    side.execute(
+        "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?1)
          INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource)
-         SELECT 'c' || i, 'client', 'user', 'session', 'https://app.example/cb', 'openid', NULL, $2, $3, $3 - 1, NULL FROM seq",
+         SELECT 'c' || i, 'client', 'user', 'session', 'https://app.example/cb', 'openid', NULL, ?2, ?3, ?3 - 1, NULL FROM seq",
+        rusqlite::params![n, FILL, NOW],
     )
-    .bind(n)
-    .bind(FILL)
-    .bind(NOW)
-    .execute(s.pool())
-    .await
     .unwrap();
     println!(
         "  inserted {n} expired codes in {:.1} s",

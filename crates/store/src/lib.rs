@@ -7,14 +7,17 @@
 //! rotated by `UPDATE … WHERE refresh_generation = $n AND revoked_at IS NULL`.
 #![forbid(unsafe_code)]
 
+mod db;
 mod migrations;
+mod postgres;
 mod sql;
+mod sqlite;
 
 use async_trait::async_trait;
 use latchkey_core::client::Client;
 use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Session, User};
 
-pub use sql::{PgStore, SqliteStore};
+pub use sql::{PgStore, SqlStore, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,7 +32,30 @@ pub enum StoreError {
     Corrupt(String),
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+            _ => StoreError::Database(Box::new(e)),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                StoreError::Conflict
+            }
+            _ => StoreError::Database(Box::new(e)),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

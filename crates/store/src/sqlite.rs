@@ -1,0 +1,441 @@
+//! The embedded backend: one SQLite file in WAL mode, driven by rusqlite in the calling
+//! task.
+//!
+//! Statements run inline, on the async task that asks for them, not on a thread of
+//! their own: a primary-key read from SQLite's page cache takes a few microseconds,
+//! while handing it to a worker thread and back (what an async SQLite driver does)
+//! costs two context switches each way, ten times the statement. Nothing here waits
+//! long while holding a runtime thread: readers never wait in WAL mode, the one writer
+//! is behind an async mutex (writers queue without blocking a thread), commits do not
+//! fsync (`synchronous = NORMAL`), and checkpoints, the only step that does, run on a
+//! thread of their own. The exception is another process (an admin command) holding
+//! the write lock: the writer then waits for it in SQLite's busy handler.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::db::{Backend, Cols, Exec, Map, Value};
+use crate::migrations::{self, Migration};
+use crate::{Result, StoreError};
+
+/// Readers open at most (more callers wait for one to be free). Statements run inline
+/// on the runtime's threads, so more than a few are never busy at once.
+const READERS: usize = 8;
+/// How long a writer waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the WAL is checkpointed while there are writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Prepared statements kept per connection: more than the store has.
+const STATEMENT_CACHE: usize = 96;
+
+pub struct Sqlite {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    reader_permits: tokio::sync::Semaphore,
+    /// The one connection that writes. SQLite has one writer at a time; with several
+    /// writing connections the losers sleep in SQLite's busy handler (1, 2, 5, 10 …
+    /// ms), while here they queue on the mutex and go on the moment it is free.
+    writer: tokio::sync::Mutex<Connection>,
+    /// Commits since the checkpoint thread last looked.
+    commits: Arc<AtomicU64>,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// The checkpoint thread; it ends when `stop` is dropped.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        // Once the fields are dropped after this, every connection is closed, so the file
+        // is complete (checkpointed by the last close) for whoever opens or copies it.
+        if let Some(c) = self.checkpointer.take() {
+            drop(c.stop);
+            let _ = c.thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sqlite").field("path", &self.path).finish()
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    Ok(conn)
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub(crate) async fn open(path: &Path) -> Result<Sqlite> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Sqlite::open_blocking(path))
+            .await
+            .map_err(|e| StoreError::Database(Box::new(e)))?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Sqlite> {
+        let writer = open_connection(&path)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(
+                format!(
+                    "{} cannot be put in WAL mode (it is in {mode})",
+                    path.display()
+                )
+                .into(),
+            ));
+        }
+        // NORMAL in WAL mode survives a process crash (kill -9); only an OS crash can lose
+        // the last commits. Checkpoints are the checkpoint thread's, not the writer's.
+        writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")?;
+        migrate(&writer, migrations::MIGRATIONS)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let conn = open_connection(&path)?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let counted = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("latchkey-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &counted, &stopped))
+            .map_err(|e| StoreError::Database(Box::new(e)))?;
+        Ok(Sqlite {
+            path,
+            readers: Mutex::new(Vec::new()),
+            reader_permits: tokio::sync::Semaphore::new(READERS),
+            writer: tokio::sync::Mutex::new(writer),
+            commits,
+            checkpointer: Some(Checkpointer { stop, thread }),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Copies committed pages from the WAL into the database file (PASSIVE: it never waits
+/// for, nor blocks, readers or the writer) while there are writes, so the WAL stays
+/// small and the fsyncs that a checkpoint needs happen here, not in a request.
+fn checkpoint_loop(
+    conn: &Connection,
+    commits: &AtomicU64,
+    stopped: &std::sync::mpsc::Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+        if commits.swap(0, Ordering::AcqRel) == 0 {
+            continue;
+        }
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    }
+}
+
+/// Applies the migrations not yet applied, in one transaction. `BEGIN IMMEDIATE` takes
+/// the write lock up front, so two processes starting on one file migrate one after the
+/// other.
+fn migrate(conn: &Connection, list: &[Migration]) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<()> {
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
+        let current: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )?;
+        for m in list.iter().filter(|m| m.version > current) {
+            conn.execute_batch(m.sql)?;
+            if !m.sqlite.is_empty() {
+                conn.execute_batch(m.sqlite)?;
+            }
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, strftime('%s','now'))",
+                [m.version],
+            )?;
+        }
+        Ok(())
+    })();
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end)?;
+    result
+}
+
+/// Binds `$n` to `args[n - 1]`. SQLite numbers `$n` parameters in order of first
+/// appearance, not by `n`, so each is looked up by its name.
+fn bind(stmt: &mut rusqlite::Statement<'_>, sql: &str, args: &[Value<'_>]) -> Result<()> {
+    for i in 1..=stmt.parameter_count() {
+        let n = stmt
+            .parameter_name(i)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..=args.len()).contains(n))
+            .ok_or_else(|| {
+                StoreError::Database(format!("statement parameter {i} is not bound: {sql}").into())
+            })?;
+        match args[n - 1] {
+            Value::Int(v) => stmt.raw_bind_parameter(i, v)?,
+            Value::Text(v) => stmt.raw_bind_parameter(i, v)?,
+            Value::Bytes(v) => stmt.raw_bind_parameter(i, v)?,
+        }
+    }
+    Ok(())
+}
+
+/// Logs a statement at debug level as sqlx did: its text, the rows it touched
+/// and its time, never the values bound to it (they hold token hashes and
+/// secrets' hashes, and a log is no place for either).
+fn trace_statement(sql: &'static str, rows: usize, started: std::time::Instant) {
+    tracing::debug!(
+        target: "latchkey_store::sqlite",
+        statement = sql,
+        rows,
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "SQLite statement"
+    );
+}
+
+fn execute(conn: &Connection, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
+    let started = std::time::Instant::now();
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, sql, args)?;
+    let n = stmt.raw_execute()?;
+    trace_statement(sql, n, started);
+    Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+fn fetch_all<T>(
+    conn: &Connection,
+    sql: &'static str,
+    args: &[Value<'_>],
+    map: Map<T>,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let started = std::time::Instant::now();
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, sql, args)?;
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match rows.next()? {
+            Some(row) => out.push(map(row)?),
+            None => break,
+        }
+    }
+    drop(rows);
+    trace_statement(sql, out.len(), started);
+    Ok(out)
+}
+
+impl Cols for rusqlite::Row<'_> {
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.get(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.get(col)?)
+    }
+}
+
+/// A reader from the pool, or the writer.
+pub(crate) enum SqliteConn<'a> {
+    Reader {
+        conn: Option<Connection>,
+        pool: &'a Sqlite,
+        _permit: tokio::sync::SemaphorePermit<'a>,
+    },
+    Writer(tokio::sync::MutexGuard<'a, Connection>, &'a Sqlite),
+}
+
+impl SqliteConn<'_> {
+    fn conn(&self) -> Result<&Connection> {
+        match self {
+            SqliteConn::Reader { conn, .. } => conn
+                .as_ref()
+                .ok_or_else(|| StoreError::Database("reader connection already returned".into())),
+            SqliteConn::Writer(c, _) => Ok(c),
+        }
+    }
+
+    fn wrote(&self) {
+        if let SqliteConn::Writer(_, db) = self {
+            db.commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for SqliteConn<'_> {
+    fn drop(&mut self) {
+        if let SqliteConn::Reader { conn, pool, .. } = self
+            && let Some(c) = conn.take()
+        {
+            pool.readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(c);
+        }
+    }
+}
+
+#[async_trait]
+impl Exec for SqliteConn<'_> {
+    async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
+        let n = execute(self.conn()?, sql, args)?;
+        self.wrote();
+        Ok(n)
+    }
+
+    async fn fetch_optional<T: Send + 'static>(
+        &mut self,
+        sql: &'static str,
+        args: &[Value<'_>],
+        map: Map<T>,
+    ) -> Result<Option<T>> {
+        let row = fetch_all(self.conn()?, sql, args, map, 1)?.pop();
+        self.wrote();
+        Ok(row)
+    }
+
+    async fn fetch_all<T: Send + 'static>(
+        &mut self,
+        sql: &'static str,
+        args: &[Value<'_>],
+        map: Map<T>,
+    ) -> Result<Vec<T>> {
+        let rows = fetch_all(self.conn()?, sql, args, map, usize::MAX)?;
+        self.wrote();
+        Ok(rows)
+    }
+}
+
+/// A write transaction on the writer; rolled back if dropped before commit.
+pub(crate) struct SqliteTx<'a> {
+    conn: tokio::sync::MutexGuard<'a, Connection>,
+    db: &'a Sqlite,
+    open: bool,
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // The transaction did not commit: nothing of it may remain. If even the
+            // rollback fails, SQLite rolls back when the next statement begins.
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "SQLite rollback failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Exec for SqliteTx<'_> {
+    async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
+        execute(&self.conn, sql, args)
+    }
+
+    async fn fetch_optional<T: Send + 'static>(
+        &mut self,
+        sql: &'static str,
+        args: &[Value<'_>],
+        map: Map<T>,
+    ) -> Result<Option<T>> {
+        Ok(fetch_all(&self.conn, sql, args, map, 1)?.pop())
+    }
+
+    async fn fetch_all<T: Send + 'static>(
+        &mut self,
+        sql: &'static str,
+        args: &[Value<'_>],
+        map: Map<T>,
+    ) -> Result<Vec<T>> {
+        fetch_all(&self.conn, sql, args, map, usize::MAX)
+    }
+}
+
+#[async_trait]
+impl Backend for Sqlite {
+    const NAME: &'static str = "sqlite";
+    type Conn<'a> = SqliteConn<'a>;
+    type Tx<'a> = SqliteTx<'a>;
+
+    async fn reader(&self) -> Result<SqliteConn<'_>> {
+        let permit = self
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Database(Box::new(e)))?;
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = open_connection(&self.path)?;
+                // A reader never writes, whatever statement it is handed.
+                c.execute_batch("PRAGMA query_only = ON")?;
+                c
+            }
+        };
+        Ok(SqliteConn::Reader {
+            conn: Some(conn),
+            pool: self,
+            _permit: permit,
+        })
+    }
+
+    async fn writer(&self) -> Result<SqliteConn<'_>> {
+        Ok(SqliteConn::Writer(self.writer.lock().await, self))
+    }
+
+    async fn begin(&self) -> Result<SqliteTx<'_>> {
+        let conn = self.writer.lock().await;
+        // IMMEDIATE takes the write lock now: a transaction that reads and then writes
+        // cannot fail halfway because another process wrote in between.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(SqliteTx {
+            conn,
+            db: self,
+            open: true,
+        })
+    }
+
+    /// SQLite has one writer at a time, so the write transaction is the lock.
+    async fn begin_locked(&self, _lock: i64) -> Result<Option<SqliteTx<'_>>> {
+        Ok(Some(self.begin().await?))
+    }
+
+    async fn commit(mut tx: SqliteTx<'_>) -> Result<()> {
+        tx.conn.execute_batch("COMMIT")?;
+        tx.open = false;
+        tx.db.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
