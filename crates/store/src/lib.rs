@@ -16,6 +16,7 @@ mod sqlite;
 use async_trait::async_trait;
 use latchkey_core::client::Client;
 use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Session, User};
+use latchkey_core::scope::Scope;
 
 pub use sql::{PgStore, SqlStore, SqliteStore};
 
@@ -230,8 +231,10 @@ pub trait Store: Send + Sync + 'static {
     // Grants
     async fn insert_grant(&self, grant: &Grant) -> Result<()>;
     async fn grant(&self, grant_id: &str) -> Result<Option<Grant>>;
-    /// Active grants of one user for one client (to know whether consent is remembered).
-    async fn active_grants(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Grant>>;
+    /// The scopes of one user's active grants to one client, newest first and at most
+    /// 50: what consent can be remembered from. Only the scopes, since /authorize
+    /// needs nothing else of them.
+    async fn granted_scopes(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Scope>>;
     /// Moves the refresh token from generation `from` to `from + 1` with a new secret
     /// digest, if and only if the grant is still at `from` and not revoked.
     async fn rotate_refresh(

@@ -606,18 +606,14 @@ impl<B: Backend> Store for SqlStore<B> {
             .await
     }
 
-    async fn active_grants(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Grant>> {
+    async fn granted_scopes(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Scope>> {
         self.db
             .reader()
             .await?
             .fetch_all(
-                concat!(
-                    "SELECT ",
-                    grant_columns!(),
-                    " FROM grants WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at DESC LIMIT 50"
-                ),
+                "SELECT scope FROM grants WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at DESC LIMIT 50",
                 args![user_id, client_id, now],
-                grant_from_row,
+                |r| Scope::parse(&r.text("scope")?).map_err(|_| corrupt("grant scope")),
             )
             .await
     }

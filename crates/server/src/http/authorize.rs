@@ -272,11 +272,11 @@ async fn consent_remembered(
     if client.kind == ClientKind::Public {
         return Ok(false);
     }
-    let grants = state
+    let granted = state
         .store
-        .active_grants(&user.user_id, &client.client_id, now)
+        .granted_scopes(&user.user_id, &client.client_id, now)
         .await?;
-    Ok(grants.iter().any(|g| req.scope.is_subset(&g.scope)))
+    Ok(granted.iter().any(|s| req.scope.is_subset(s)))
 }
 
 async fn issue_code(
