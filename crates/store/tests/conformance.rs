@@ -803,23 +803,24 @@ async fn sqlite_wal_stays_bounded_under_steady_writes() {
             }
         })
     };
-    // The largest size seen in each of three equal spans of commits.
-    let mut largest = [0u64; 3];
+    // The largest size seen in each of six equal spans of commits. The file is
+    // reused, not truncated, so its size is the most it ever held.
+    let mut largest = [0u64; 6];
     let commits = 45_000;
     for n in 0..commits {
         store.insert_code(&code(&format!("wal-{n}"))).await.unwrap();
         if n % 250 == 0 {
-            let span = &mut largest[n * 3 / commits];
+            let span = &mut largest[n * largest.len() / commits];
             *span = (*span).max(wal_len());
         }
     }
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
     reader.await.unwrap();
-    // Left alone the WAL grows with every commit (680 MB here); started over, the
-    // last span holds no more than the first.
-    let [first, _, last] = largest;
+    // Left alone the WAL grows with every commit (680 MB here, six times the first
+    // span's); started over, it stays near what the first span needed.
+    let (first, last) = (largest[0], largest[5]);
     assert!(
-        first > 0 && last < 2 * first && last < 256 << 20,
+        first > 0 && last < 3 * first && last < 256 << 20,
         "the WAL grew from {first} to {last} bytes over {commits} commits"
     );
 }
