@@ -8,8 +8,9 @@
 //! long while holding a runtime thread: readers never wait in WAL mode, the one writer
 //! is behind an async mutex (writers queue without blocking a thread), commits do not
 //! fsync (`synchronous = NORMAL`), and checkpoints, the only step that does, run on a
-//! thread of their own. The exception is another process (an admin command) holding
-//! the write lock: the writer then waits for it in SQLite's busy handler.
+//! thread of their own (the one that starts the WAL over holds the writer meanwhile:
+//! see [`checkpoint_loop`]). The exception is another process (an admin command)
+//! holding the write lock: the writer then waits for it in SQLite's busy handler.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
