@@ -123,7 +123,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     where
         Self: 'a;
 
-    /// A connection for reads.
+    /// A connection for reads. Drop it before asking for the writer or a
+    /// transaction: on SQLite it may be the writer itself, lent while it was idle, and
+    /// waiting for the writer while holding it never ends.
     async fn reader(&self) -> Result<Self::Conn<'_>>;
     /// A connection for a single-statement write (committed on its own).
     async fn writer(&self) -> Result<Self::Conn<'_>>;

@@ -33,6 +33,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Frames the WAL may hold before the checkpoint thread starts it over (about 16 MB).
 const WAL_RESTART_FRAMES: i64 = 4096;
+/// How long a RESTART checkpoint waits for readers, holding the writer meanwhile.
+const RESTART_WAIT: Duration = Duration::from_millis(10);
+/// The most checkpoint rounds skipped before a RESTART is tried again after one found
+/// another process's reader in the way (32 rounds: about 6 s).
+const RESTART_BACKOFF_MAX: u32 = 32;
 /// Prepared statements kept per connection: more than the store has.
 const STATEMENT_CACHE: usize = 96;
 
@@ -124,9 +129,10 @@ impl Sqlite {
         migrate(&writer, migrations::MIGRATIONS)?;
         let commits = Arc::new(AtomicU64::new(0));
         let conn = open_connection(&path)?;
-        // A RESTART holds this process's writer while it waits; if another process
-        // keeps a lock that long, give up and try at the next round.
-        conn.busy_timeout(CHECKPOINT_EVERY)?;
+        // A RESTART holds this process's writer while it waits for readers. Ours
+        // finish in microseconds; one of another process (a shell left in BEGIN, a
+        // backup) may never, so wait only briefly and back off (checkpoint_loop).
+        conn.busy_timeout(RESTART_WAIT)?;
         let (stop, stopped) = std::sync::mpsc::channel();
         let counted = commits.clone();
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
@@ -167,18 +173,43 @@ fn checkpoint_loop(
     stopped: &std::sync::mpsc::Receiver<()>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
-        // (busy, frames in the WAL, frames copied)
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+    // (busy, frames in the WAL, frames copied); busy is 1 when it had to stop short.
+    let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
     };
+    // After a RESTART that another process's reader kept from finishing, the next
+    // ones wait for 1, 2, 4 … rounds: each holds this process's writer for up to
+    // RESTART_WAIT, and that reader may stay for good.
+    let (mut backoff, mut skip) = (0u32, 0u32);
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
         if commits.swap(0, Ordering::AcqRel) == 0 {
             continue;
         }
-        let done = checkpoint("PASSIVE").and_then(|frames| {
-            if frames > WAL_RESTART_FRAMES {
+        let done = checkpoint("PASSIVE").and_then(|(_, frames)| {
+            if frames <= WAL_RESTART_FRAMES {
+                return Ok(());
+            }
+            if skip > 0 {
+                skip -= 1;
+                return Ok(());
+            }
+            let (busy, _) = {
                 let _writer = writer.blocking_lock();
-                checkpoint("RESTART")?;
+                checkpoint("RESTART")?
+            };
+            if busy == 0 {
+                backoff = 0;
+            } else {
+                if backoff == 0 {
+                    tracing::warn!(
+                        frames,
+                        "another connection to the SQLite file keeps a read open; the WAL cannot start over until it ends"
+                    );
+                }
+                backoff = (backoff * 2).clamp(1, RESTART_BACKOFF_MAX);
+                skip = backoff;
             }
             Ok(())
         });
@@ -404,6 +435,17 @@ impl Exec for SqliteConn<'_> {
     }
 }
 
+/// Makes sure no transaction is open on the writer before it is used: one left open
+/// (a ROLLBACK that failed) would swallow the next statements' writes and show
+/// uncommitted rows to reads lent the writer.
+fn settle(conn: &Connection) -> Result<()> {
+    if !conn.is_autocommit() {
+        tracing::warn!("the SQLite writer held an open transaction; rolling it back");
+        conn.execute_batch("ROLLBACK")?;
+    }
+    Ok(())
+}
+
 /// A write transaction on the writer; rolled back if dropped before commit.
 pub(crate) struct SqliteTx<'a> {
     conn: tokio::sync::MutexGuard<'a, Connection>,
@@ -415,7 +457,7 @@ impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
         if self.open {
             // The transaction did not commit: nothing of it may remain. If even the
-            // rollback fails, SQLite rolls back when the next statement begins.
+            // rollback fails, the writer is settled before its next use.
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::warn!(error = %e, "SQLite rollback failed");
             }
@@ -461,7 +503,9 @@ impl Backend for Sqlite {
         // writes nearly every read by a reader copies its pages in again (measured:
         // 19 preads per code flow). The writer is in autocommit between
         // transactions, so what it reads is committed.
-        if let Ok(writer) = self.writer.try_lock() {
+        if let Ok(writer) = self.writer.try_lock()
+            && settle(&writer).is_ok()
+        {
             return Ok(SqliteConn::Lent(writer));
         }
         let permit = self
@@ -491,11 +535,14 @@ impl Backend for Sqlite {
     }
 
     async fn writer(&self) -> Result<SqliteConn<'_>> {
-        Ok(SqliteConn::Writer(self.writer.lock().await, self))
+        let conn = self.writer.lock().await;
+        settle(&conn)?;
+        Ok(SqliteConn::Writer(conn, self))
     }
 
     async fn begin(&self) -> Result<SqliteTx<'_>> {
         let conn = self.writer.lock().await;
+        settle(&conn)?;
         // IMMEDIATE takes the write lock now: a transaction that reads and then writes
         // cannot fail halfway because another process wrote in between.
         conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -516,5 +563,85 @@ impl Backend for Sqlite {
         tx.open = false;
         tx.db.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Another connection keeps a read transaction open (a `sqlite3` shell left in
+    /// BEGIN, a backup), so the WAL cannot start over and stays past
+    /// WAL_RESTART_FRAMES. Writes of this process must not wait on the checkpoint
+    /// thread's RESTART attempts for more than a moment: it held the writer for its
+    /// whole busy timeout, 200 ms, every round.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_of_another_connection_does_not_stall_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Sqlite::open(&path).await.unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN").unwrap();
+        let _: i64 = other
+            .query_row("SELECT COUNT(*) FROM server_secrets", [], |r| r.get(0))
+            .unwrap();
+        let pad = "p".repeat(3000);
+        let started = Instant::now();
+        let (mut n, mut worst) = (0u64, Duration::ZERO);
+        while started.elapsed() < Duration::from_secs(3) {
+            let t0 = Instant::now();
+            let name = format!("k{n}");
+            db.writer()
+                .await
+                .unwrap()
+                .execute(
+                    "INSERT INTO server_secrets (name, value) VALUES ($1, $2)",
+                    &[Value::Text(Some(&name)), Value::Text(Some(&pad))],
+                )
+                .await
+                .unwrap();
+            worst = worst.max(t0.elapsed());
+            n += 1;
+        }
+        other.execute_batch("COMMIT").unwrap();
+        assert!(n > 1000, "only {n} commits in 3 s");
+        assert!(
+            worst < Duration::from_millis(100),
+            "a write waited {worst:?} ({n} commits)"
+        );
+    }
+
+    /// A transaction left open on the writer (a ROLLBACK that failed) is rolled back
+    /// before the writer's next use, not joined by the next statements.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_transaction_left_on_the_writer_is_rolled_back_before_its_next_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("t.db")).await.unwrap();
+        {
+            let w = db.writer.lock().await;
+            w.execute_batch("BEGIN; INSERT INTO server_secrets (name, value) VALUES ('left', 'x')")
+                .unwrap();
+        }
+        let mut w = db.writer().await.unwrap();
+        w.execute(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2)",
+            &[Value::Text(Some("next")), Value::Text(Some("y"))],
+        )
+        .await
+        .unwrap();
+        drop(w);
+        let names: Vec<String> = db
+            .reader()
+            .await
+            .unwrap()
+            .fetch_all("SELECT name FROM server_secrets ORDER BY name", &[], |r| {
+                r.text("name")
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, vec!["next".to_owned()]);
+        assert!(db.writer.lock().await.is_autocommit());
     }
 }
