@@ -13,7 +13,6 @@
 //! holding the write lock: the writer then waits for it in SQLite's busy handler.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,8 +48,6 @@ pub struct Sqlite {
     /// writing connections the losers sleep in SQLite's busy handler (1, 2, 5, 10 …
     /// ms), while here they queue on the mutex and go on the moment it is free.
     writer: Arc<tokio::sync::Mutex<Connection>>,
-    /// Commits since the checkpoint thread last looked.
-    commits: Arc<AtomicU64>,
     checkpointer: Option<Checkpointer>,
 }
 
@@ -127,26 +124,23 @@ impl Sqlite {
         // the last commits. Checkpoints are the checkpoint thread's, not the writer's.
         writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0")?;
         migrate(&writer, migrations::MIGRATIONS)?;
-        let commits = Arc::new(AtomicU64::new(0));
         let conn = open_connection(&path)?;
         // A RESTART holds this process's writer while it waits for readers. Ours
         // finish in microseconds; one of another process (a shell left in BEGIN, a
         // backup) may never, so wait only briefly and back off (checkpoint_loop).
         conn.busy_timeout(RESTART_WAIT)?;
         let (stop, stopped) = std::sync::mpsc::channel();
-        let counted = commits.clone();
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let held = writer.clone();
         let thread = std::thread::Builder::new()
             .name("latchkey-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &held, &counted, &stopped))
+            .spawn(move || checkpoint_loop(&conn, &held, &stopped))
             .map_err(|e| StoreError::Database(Box::new(e)))?;
         Ok(Sqlite {
             path,
             readers: Mutex::new(Vec::new()),
             reader_permits: tokio::sync::Semaphore::new(READERS),
             writer,
-            commits,
             checkpointer: Some(Checkpointer { stop, thread }),
         })
     }
@@ -156,8 +150,10 @@ impl Sqlite {
     }
 }
 
-/// Copies committed pages from the WAL into the database file while there are writes,
-/// so that the fsyncs a checkpoint needs happen here, not in a request.
+/// Copies committed pages from the WAL into the database file, so that the fsyncs a
+/// checkpoint needs happen here, not in a request. Every round checkpoints, whoever
+/// wrote (an admin command is another process); with nothing new in the WAL that is
+/// a look at its header.
 ///
 /// PASSIVE never waits for, nor blocks, readers or the writer; but alone it lets the
 /// WAL grow without end under steady writes (measured: 300 MB in seconds of code
@@ -169,53 +165,70 @@ impl Sqlite {
 fn checkpoint_loop(
     conn: &Connection,
     writer: &tokio::sync::Mutex<Connection>,
-    commits: &AtomicU64,
     stopped: &std::sync::mpsc::Receiver<()>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    // (busy, frames in the WAL, frames copied); busy is 1 when it had to stop short.
-    let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64)> {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-    };
-    // After a RESTART that another process's reader kept from finishing, the next
-    // ones wait for 1, 2, 4 … rounds: each holds this process's writer for up to
-    // RESTART_WAIT, and that reader may stay for good.
-    let (mut backoff, mut skip) = (0u32, 0u32);
+    let mut backoff = RestartBackoff::default();
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-        if commits.swap(0, Ordering::AcqRel) == 0 {
-            continue;
-        }
-        let done = checkpoint("PASSIVE").and_then(|(_, frames)| {
-            if frames <= WAL_RESTART_FRAMES {
-                return Ok(());
-            }
-            if skip > 0 {
-                skip -= 1;
-                return Ok(());
-            }
-            let (busy, _) = {
-                let _writer = writer.blocking_lock();
-                checkpoint("RESTART")?
-            };
-            if busy == 0 {
-                backoff = 0;
-            } else {
-                if backoff == 0 {
-                    tracing::warn!(
-                        frames,
-                        "another connection to the SQLite file keeps a read open; the WAL cannot start over until it ends"
-                    );
-                }
-                backoff = (backoff * 2).clamp(1, RESTART_BACKOFF_MAX);
-                skip = backoff;
-            }
-            Ok(())
-        });
-        if let Err(e) = done {
+        if let Err(e) = checkpoint_round(conn, writer, &mut backoff) {
             tracing::warn!(error = %e, "SQLite checkpoint failed");
         }
+    }
+}
+
+fn checkpoint_round(
+    conn: &Connection,
+    writer: &tokio::sync::Mutex<Connection>,
+    backoff: &mut RestartBackoff,
+) -> rusqlite::Result<()> {
+    let (_, frames) = wal_checkpoint(conn, "PASSIVE")?;
+    if frames <= WAL_RESTART_FRAMES || backoff.skip_round() {
+        return Ok(());
+    }
+    let (busy, _) = {
+        let _writer = writer.blocking_lock();
+        wal_checkpoint(conn, "RESTART")?
+    };
+    backoff.restarted(busy == 0, frames);
+    Ok(())
+}
+
+/// `PRAGMA wal_checkpoint`: (busy, frames in the WAL); busy is 1 when it stopped short.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+}
+
+/// After a RESTART that another process's reader kept from finishing, the next ones
+/// wait for 1, 2, 4 … rounds: each holds this process's writer for up to
+/// [`RESTART_WAIT`], and that reader may stay for good.
+#[derive(Default)]
+struct RestartBackoff {
+    rounds: u32,
+    skip: u32,
+}
+
+impl RestartBackoff {
+    fn skip_round(&mut self) -> bool {
+        let skip = self.skip > 0;
+        self.skip = self.skip.saturating_sub(1);
+        skip
+    }
+
+    fn restarted(&mut self, finished: bool, frames: i64) {
+        if finished {
+            self.rounds = 0;
+            return;
+        }
+        if self.rounds == 0 {
+            tracing::warn!(
+                frames,
+                "another connection to the SQLite file keeps a read open; the WAL cannot start over until it ends"
+            );
+        }
+        self.rounds = (self.rounds * 2).clamp(1, RESTART_BACKOFF_MAX);
+        self.skip = self.rounds;
     }
 }
 
@@ -271,23 +284,37 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, sql: &str, args: &[Value<'_>]) -> Re
 
 /// Logs a statement at debug level as sqlx did: its text, the rows it touched
 /// and its time, never the values bound to it (they hold token hashes and
-/// secrets' hashes, and a log is no place for either).
-fn trace_statement(sql: &'static str, rows: usize, started: std::time::Instant) {
-    tracing::debug!(
-        target: "latchkey_store::sqlite",
-        statement = sql,
-        rows,
-        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "SQLite statement"
-    );
+/// secrets' hashes, and a log is no place for either). The clock is read only
+/// when the log would show it.
+struct StatementLog(Option<std::time::Instant>);
+
+impl StatementLog {
+    fn start() -> StatementLog {
+        StatementLog(
+            tracing::enabled!(target: "latchkey_store::sqlite", tracing::Level::DEBUG)
+                .then(std::time::Instant::now),
+        )
+    }
+
+    fn done(self, sql: &'static str, rows: usize) {
+        if let Some(started) = self.0 {
+            tracing::debug!(
+                target: "latchkey_store::sqlite",
+                statement = sql,
+                rows,
+                elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "SQLite statement"
+            );
+        }
+    }
 }
 
 fn execute(conn: &Connection, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
-    let started = std::time::Instant::now();
+    let log = StatementLog::start();
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, sql, args)?;
     let n = stmt.raw_execute()?;
-    trace_statement(sql, n, started);
+    log.done(sql, n);
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
@@ -298,7 +325,7 @@ fn fetch_all<T>(
     map: Map<T>,
     limit: usize,
 ) -> Result<Vec<T>> {
-    let started = std::time::Instant::now();
+    let log = StatementLog::start();
     let mut stmt = conn.prepare_cached(sql)?;
     bind(&mut stmt, sql, args)?;
     let mut rows = stmt.raw_query();
@@ -313,7 +340,7 @@ fn fetch_all<T>(
         }
     }
     drop(rows);
-    trace_statement(sql, out.len(), started);
+    log.done(sql, out.len());
     Ok(out)
 }
 
@@ -369,9 +396,8 @@ pub(crate) enum SqliteConn<'a> {
         pool: &'a Sqlite,
         _permit: tokio::sync::SemaphorePermit<'a>,
     },
-    Writer(tokio::sync::MutexGuard<'a, Connection>, &'a Sqlite),
-    /// The writer, free at the moment, lent for a read.
-    Lent(tokio::sync::MutexGuard<'a, Connection>),
+    /// The writer: for a write, or lent for a read while it is idle.
+    Writer(tokio::sync::MutexGuard<'a, Connection>),
 }
 
 impl SqliteConn<'_> {
@@ -380,13 +406,7 @@ impl SqliteConn<'_> {
             SqliteConn::Reader { conn, .. } => conn
                 .as_ref()
                 .ok_or_else(|| StoreError::Database("reader connection already returned".into())),
-            SqliteConn::Writer(c, _) | SqliteConn::Lent(c) => Ok(c),
-        }
-    }
-
-    fn wrote(&self) {
-        if let SqliteConn::Writer(_, db) = self {
-            db.commits.fetch_add(1, Ordering::Relaxed);
+            SqliteConn::Writer(c) => Ok(c),
         }
     }
 }
@@ -404,36 +424,38 @@ impl Drop for SqliteConn<'_> {
     }
 }
 
-#[async_trait]
-impl Exec for SqliteConn<'_> {
-    async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
-        let n = execute(self.conn()?, sql, args)?;
-        self.wrote();
-        Ok(n)
-    }
+/// Statements on a connection or in a transaction: both run on one connection.
+macro_rules! exec_on_connection {
+    ($t:ty) => {
+        #[async_trait]
+        impl Exec for $t {
+            async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
+                execute(self.conn()?, sql, args)
+            }
 
-    async fn fetch_optional<T: Send + 'static>(
-        &mut self,
-        sql: &'static str,
-        args: &[Value<'_>],
-        map: Map<T>,
-    ) -> Result<Option<T>> {
-        let row = fetch_all(self.conn()?, sql, args, map, 1)?.pop();
-        self.wrote();
-        Ok(row)
-    }
+            async fn fetch_optional<T: Send + 'static>(
+                &mut self,
+                sql: &'static str,
+                args: &[Value<'_>],
+                map: Map<T>,
+            ) -> Result<Option<T>> {
+                Ok(fetch_all(self.conn()?, sql, args, map, 1)?.pop())
+            }
 
-    async fn fetch_all<T: Send + 'static>(
-        &mut self,
-        sql: &'static str,
-        args: &[Value<'_>],
-        map: Map<T>,
-    ) -> Result<Vec<T>> {
-        let rows = fetch_all(self.conn()?, sql, args, map, usize::MAX)?;
-        self.wrote();
-        Ok(rows)
-    }
+            async fn fetch_all<T: Send + 'static>(
+                &mut self,
+                sql: &'static str,
+                args: &[Value<'_>],
+                map: Map<T>,
+            ) -> Result<Vec<T>> {
+                fetch_all(self.conn()?, sql, args, map, usize::MAX)
+            }
+        }
+    };
 }
+
+exec_on_connection!(SqliteConn<'_>);
+exec_on_connection!(SqliteTx<'_>);
 
 /// Makes sure no transaction is open on the writer before it is used: one left open
 /// (a ROLLBACK that failed) would swallow the next statements' writes and show
@@ -449,8 +471,17 @@ fn settle(conn: &Connection) -> Result<()> {
 /// A write transaction on the writer; rolled back if dropped before commit.
 pub(crate) struct SqliteTx<'a> {
     conn: tokio::sync::MutexGuard<'a, Connection>,
-    db: &'a Sqlite,
     open: bool,
+}
+
+impl SqliteTx<'_> {
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "the same shape as SqliteConn::conn"
+    )]
+    fn conn(&self) -> Result<&Connection> {
+        Ok(&self.conn)
+    }
 }
 
 impl Drop for SqliteTx<'_> {
@@ -462,31 +493,6 @@ impl Drop for SqliteTx<'_> {
                 tracing::warn!(error = %e, "SQLite rollback failed");
             }
         }
-    }
-}
-
-#[async_trait]
-impl Exec for SqliteTx<'_> {
-    async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
-        execute(&self.conn, sql, args)
-    }
-
-    async fn fetch_optional<T: Send + 'static>(
-        &mut self,
-        sql: &'static str,
-        args: &[Value<'_>],
-        map: Map<T>,
-    ) -> Result<Option<T>> {
-        Ok(fetch_all(&self.conn, sql, args, map, 1)?.pop())
-    }
-
-    async fn fetch_all<T: Send + 'static>(
-        &mut self,
-        sql: &'static str,
-        args: &[Value<'_>],
-        map: Map<T>,
-    ) -> Result<Vec<T>> {
-        fetch_all(&self.conn, sql, args, map, usize::MAX)
     }
 }
 
@@ -506,7 +512,7 @@ impl Backend for Sqlite {
         if let Ok(writer) = self.writer.try_lock()
             && settle(&writer).is_ok()
         {
-            return Ok(SqliteConn::Lent(writer));
+            return Ok(SqliteConn::Writer(writer));
         }
         let permit = self
             .reader_permits
@@ -537,7 +543,7 @@ impl Backend for Sqlite {
     async fn writer(&self) -> Result<SqliteConn<'_>> {
         let conn = self.writer.lock().await;
         settle(&conn)?;
-        Ok(SqliteConn::Writer(conn, self))
+        Ok(SqliteConn::Writer(conn))
     }
 
     async fn begin(&self) -> Result<SqliteTx<'_>> {
@@ -546,11 +552,7 @@ impl Backend for Sqlite {
         // IMMEDIATE takes the write lock now: a transaction that reads and then writes
         // cannot fail halfway because another process wrote in between.
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(SqliteTx {
-            conn,
-            db: self,
-            open: true,
-        })
+        Ok(SqliteTx { conn, open: true })
     }
 
     /// SQLite has one writer at a time, so the write transaction is the lock.
@@ -561,7 +563,6 @@ impl Backend for Sqlite {
     async fn commit(mut tx: SqliteTx<'_>) -> Result<()> {
         tx.conn.execute_batch("COMMIT")?;
         tx.open = false;
-        tx.db.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
