@@ -231,10 +231,15 @@ pub trait Store: Send + Sync + 'static {
     // Grants
     async fn insert_grant(&self, grant: &Grant) -> Result<()>;
     async fn grant(&self, grant_id: &str) -> Result<Option<Grant>>;
-    /// The scopes of one user's active grants to one client, newest first and at most
-    /// 50: what consent can be remembered from. Only the scopes, since /authorize
-    /// needs nothing else of them.
-    async fn granted_scopes(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Scope>>;
+    /// Whether one of the newest 50 active grants of one user to one client covers
+    /// `wanted`: consent that /authorize may remember instead of asking again.
+    async fn remembered_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        wanted: &Scope,
+        now: i64,
+    ) -> Result<bool>;
     /// Moves the refresh token from generation `from` to `from + 1` with a new secret
     /// digest, if and only if the grant is still at `from` and not revoked.
     async fn rotate_refresh(

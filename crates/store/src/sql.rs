@@ -154,6 +154,10 @@ fn user_from_row(row: &dyn Cols) -> Result<User> {
     })
 }
 
+fn scope_from_row(r: &dyn Cols) -> Result<Scope> {
+    Scope::parse(&r.text("scope")?).map_err(|_| corrupt("grant scope"))
+}
+
 fn grant_from_row(row: &dyn Cols) -> Result<Grant> {
     Ok(Grant {
         grant_id: row.text("grant_id")?,
@@ -563,17 +567,18 @@ impl<B: Backend> Store for SqlStore<B> {
             )
             .await?;
         let Some(code) = code else {
-            drop(tx);
-            let row = self
-                .db
-                .reader()
-                .await?
+            // Why not, read in the same transaction: on SQLite it sees a redemption
+            // that won in the same batch and is not committed yet (which a reader
+            // would miss, and so miss the reuse), and it is answered only after that
+            // commit.
+            let row = tx
                 .fetch_optional(
                     "SELECT grant_id, redeemed_at FROM codes WHERE code_hash = $1",
                     args![code_hash],
                     |r| Ok((r.opt_text("grant_id")?, r.opt_int("redeemed_at")?)),
                 )
                 .await?;
+            B::commit(tx).await?;
             return Ok(match row {
                 Some((grant_id, Some(_))) => Redemption::AlreadyRedeemed { grant_id },
                 // Not redeemed and still not redeemable: its client was deleted (a
@@ -606,16 +611,37 @@ impl<B: Backend> Store for SqlStore<B> {
             .await
     }
 
-    async fn granted_scopes(&self, user_id: &str, client_id: &str, now: i64) -> Result<Vec<Scope>> {
-        self.db
-            .reader()
+    async fn remembered_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        wanted: &Scope,
+        now: i64,
+    ) -> Result<bool> {
+        // The newest active grant nearly always covers a repeated request: one index
+        // step and one row, however many grants the pair has accumulated. Only when it
+        // does not are the older ones looked at.
+        let mut conn = self.db.reader().await?;
+        match conn
+            .fetch_optional(
+                "SELECT scope FROM grants WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at DESC LIMIT 1",
+                args![user_id, client_id, now],
+                scope_from_row,
+            )
             .await?
+        {
+            None => return Ok(false),
+            Some(newest) if wanted.is_subset(&newest) => return Ok(true),
+            Some(_) => {}
+        }
+        let older = conn
             .fetch_all(
                 "SELECT scope FROM grants WHERE user_id = $1 AND client_id = $2 AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at DESC LIMIT 50",
                 args![user_id, client_id, now],
-                |r| Scope::parse(&r.text("scope")?).map_err(|_| corrupt("grant scope")),
+                scope_from_row,
             )
-            .await
+            .await?;
+        Ok(older.iter().any(|s| wanted.is_subset(s)))
     }
 
     async fn rotate_refresh(

@@ -23,6 +23,9 @@ use crate::db::{Backend, Cols, Exec, Map, Value};
 use crate::migrations::{self, Migration};
 use crate::{Result, StoreError};
 
+mod writer;
+use writer::{Writer, WriterGuard};
+
 /// Readers open at most (more callers wait for one to be free). Statements run inline
 /// on the runtime's threads, so more than a few are never busy at once.
 const READERS: usize = 8;
@@ -44,10 +47,11 @@ pub struct Sqlite {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
     reader_permits: tokio::sync::Semaphore,
-    /// The one connection that writes. SQLite has one writer at a time; with several
-    /// writing connections the losers sleep in SQLite's busy handler (1, 2, 5, 10 …
-    /// ms), while here they queue on the mutex and go on the moment it is free.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// The one connection that writes, with group commit ([`writer`]). SQLite has
+    /// one writer at a time; with several writing connections the losers sleep in
+    /// SQLite's busy handler (1, 2, 5, 10 … ms), while here they queue on a mutex and
+    /// go on the moment it is free.
+    writer: Arc<Writer>,
     checkpointer: Option<Checkpointer>,
 }
 
@@ -130,7 +134,7 @@ impl Sqlite {
         // backup) may never, so wait only briefly and back off (checkpoint_loop).
         conn.busy_timeout(RESTART_WAIT)?;
         let (stop, stopped) = std::sync::mpsc::channel();
-        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let writer = Arc::new(Writer::new(writer));
         let held = writer.clone();
         let thread = std::thread::Builder::new()
             .name("latchkey-sqlite-checkpoint".into())
@@ -162,11 +166,7 @@ impl Sqlite {
 /// WAL holds more than [`WAL_RESTART_FRAMES`], the thread takes the writer (no write
 /// of this process can come in between), copies the few frames left and waits for
 /// readers to leave the WAL (RESTART): the next commit writes from the WAL's start.
-fn checkpoint_loop(
-    conn: &Connection,
-    writer: &tokio::sync::Mutex<Connection>,
-    stopped: &std::sync::mpsc::Receiver<()>,
-) {
+fn checkpoint_loop(conn: &Connection, writer: &Writer, stopped: &std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut backoff = RestartBackoff::default();
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
@@ -178,7 +178,7 @@ fn checkpoint_loop(
 
 fn checkpoint_round(
     conn: &Connection,
-    writer: &tokio::sync::Mutex<Connection>,
+    writer: &Writer,
     backoff: &mut RestartBackoff,
 ) -> rusqlite::Result<()> {
     let (_, frames) = wal_checkpoint(conn, "PASSIVE")?;
@@ -186,7 +186,9 @@ fn checkpoint_round(
         return Ok(());
     }
     let (busy, _) = {
-        let _writer = writer.blocking_lock();
+        let mut held = writer.lock_blocking();
+        // A batch open on the writer holds the write lock a RESTART waits for.
+        held.commit_batch();
         wal_checkpoint(conn, "RESTART")?
     };
     backoff.restarted(busy == 0, frames);
@@ -389,25 +391,44 @@ impl Cols for NamedRow<'_, '_> {
     }
 }
 
-/// A reader from the pool, or the writer.
+/// A reader from the pool, the writer lent for a read, or statements that each commit
+/// on their own.
 pub(crate) enum SqliteConn<'a> {
     Reader {
         conn: Option<Connection>,
         pool: &'a Sqlite,
         _permit: tokio::sync::SemaphorePermit<'a>,
     },
-    /// The writer: for a write, or lent for a read while it is idle.
-    Writer(tokio::sync::MutexGuard<'a, Connection>),
+    /// The writer, lent for a read while it is idle with no batch open.
+    Lent(WriterGuard<'a>),
+    /// Each statement is a transaction of its own in the writer's batch.
+    Autocommit(&'a Sqlite),
 }
 
 impl SqliteConn<'_> {
-    fn conn(&self) -> Result<&Connection> {
-        match self {
+    /// Runs `f` on the connection: for [`SqliteConn::Autocommit`], in a transaction
+    /// that commits before this returns.
+    async fn run<T: Send>(&mut self, f: impl FnOnce(&Connection) -> Result<T> + Send) -> Result<T> {
+        let conn = match self {
             SqliteConn::Reader { conn, .. } => conn
                 .as_ref()
-                .ok_or_else(|| StoreError::Database("reader connection already returned".into())),
-            SqliteConn::Writer(c) => Ok(c),
-        }
+                .ok_or_else(|| StoreError::Database("reader connection already returned".into()))?,
+            SqliteConn::Lent(w) => w.conn(),
+            SqliteConn::Autocommit(db) => {
+                let mut tx = db.begin().await?;
+                let out = tx.run(f).await;
+                if out.is_err()
+                    && let Some(w) = &mut tx.writer
+                {
+                    w.undo()?;
+                }
+                // Even a failed statement is answered after the commit: its error
+                // (a conflict, say) may come from a write of the batch.
+                Sqlite::commit(tx).await?;
+                return out;
+            }
+        };
+        f(conn)
     }
 }
 
@@ -424,13 +445,13 @@ impl Drop for SqliteConn<'_> {
     }
 }
 
-/// Statements on a connection or in a transaction: both run on one connection.
+/// Statements on a connection or in a transaction.
 macro_rules! exec_on_connection {
     ($t:ty) => {
         #[async_trait]
         impl Exec for $t {
             async fn execute(&mut self, sql: &'static str, args: &[Value<'_>]) -> Result<u64> {
-                execute(self.conn()?, sql, args)
+                self.run(|c| execute(c, sql, args)).await
             }
 
             async fn fetch_optional<T: Send + 'static>(
@@ -439,7 +460,7 @@ macro_rules! exec_on_connection {
                 args: &[Value<'_>],
                 map: Map<T>,
             ) -> Result<Option<T>> {
-                Ok(fetch_all(self.conn()?, sql, args, map, 1)?.pop())
+                Ok(self.run(|c| fetch_all(c, sql, args, map, 1)).await?.pop())
             }
 
             async fn fetch_all<T: Send + 'static>(
@@ -448,7 +469,7 @@ macro_rules! exec_on_connection {
                 args: &[Value<'_>],
                 map: Map<T>,
             ) -> Result<Vec<T>> {
-                fetch_all(self.conn()?, sql, args, map, usize::MAX)
+                self.run(|c| fetch_all(c, sql, args, map, usize::MAX)).await
             }
         }
     };
@@ -457,41 +478,33 @@ macro_rules! exec_on_connection {
 exec_on_connection!(SqliteConn<'_>);
 exec_on_connection!(SqliteTx<'_>);
 
-/// Makes sure no transaction is open on the writer before it is used: one left open
-/// (a ROLLBACK that failed) would swallow the next statements' writes and show
-/// uncommitted rows to reads lent the writer.
-fn settle(conn: &Connection) -> Result<()> {
-    if !conn.is_autocommit() {
-        tracing::warn!("the SQLite writer held an open transaction; rolling it back");
-        conn.execute_batch("ROLLBACK")?;
-    }
-    Ok(())
-}
-
-/// A write transaction on the writer; rolled back if dropped before commit.
+/// A write transaction: a savepoint in the writer's batch, undone if dropped before
+/// commit.
 pub(crate) struct SqliteTx<'a> {
-    conn: tokio::sync::MutexGuard<'a, Connection>,
-    open: bool,
+    /// Taken by commit.
+    writer: Option<WriterGuard<'a>>,
 }
 
 impl SqliteTx<'_> {
     #[allow(
-        clippy::unnecessary_wraps,
-        reason = "the same shape as SqliteConn::conn"
+        clippy::unused_async,
+        reason = "the same shape as SqliteConn::run, for exec_on_connection"
     )]
-    fn conn(&self) -> Result<&Connection> {
-        Ok(&self.conn)
+    async fn run<T: Send>(&mut self, f: impl FnOnce(&Connection) -> Result<T> + Send) -> Result<T> {
+        let w = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Database("transaction already committed".into()))?;
+        f(w.conn())
     }
 }
 
 impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
-        if self.open {
-            // The transaction did not commit: nothing of it may remain. If even the
-            // rollback fails, the writer is settled before its next use.
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "SQLite rollback failed");
-            }
+        if let Some(w) = &mut self.writer {
+            // The transaction did not commit: nothing of it may remain. The batch it
+            // was in goes on without it.
+            w.rollback();
         }
     }
 }
@@ -507,12 +520,10 @@ impl Backend for Sqlite {
         // since only its own commits change the file, while a reader's cache is
         // dropped whenever anything was committed since its last read, so that under
         // writes nearly every read by a reader copies its pages in again (measured:
-        // 19 preads per code flow). The writer is in autocommit between
-        // transactions, so what it reads is committed.
-        if let Ok(writer) = self.writer.try_lock()
-            && settle(&writer).is_ok()
-        {
-            return Ok(SqliteConn::Writer(writer));
+        // 19 preads per code flow). It is lent only with no batch open, so what it
+        // reads is committed.
+        if let Some(writer) = self.writer.try_lend() {
+            return Ok(SqliteConn::Lent(writer));
         }
         let permit = self
             .reader_permits
@@ -541,18 +552,15 @@ impl Backend for Sqlite {
     }
 
     async fn writer(&self) -> Result<SqliteConn<'_>> {
-        let conn = self.writer.lock().await;
-        settle(&conn)?;
-        Ok(SqliteConn::Writer(conn))
+        Ok(SqliteConn::Autocommit(self))
     }
 
     async fn begin(&self) -> Result<SqliteTx<'_>> {
-        let conn = self.writer.lock().await;
-        settle(&conn)?;
-        // IMMEDIATE takes the write lock now: a transaction that reads and then writes
-        // cannot fail halfway because another process wrote in between.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(SqliteTx { conn, open: true })
+        let mut writer = self.writer.lock().await;
+        writer.begin()?;
+        Ok(SqliteTx {
+            writer: Some(writer),
+        })
     }
 
     /// SQLite has one writer at a time, so the write transaction is the lock.
@@ -560,10 +568,14 @@ impl Backend for Sqlite {
         Ok(Some(self.begin().await?))
     }
 
+    /// Answers once the batch the transaction joined has committed.
     async fn commit(mut tx: SqliteTx<'_>) -> Result<()> {
-        tx.conn.execute_batch("COMMIT")?;
-        tx.open = false;
-        Ok(())
+        let writer = tx
+            .writer
+            .take()
+            .ok_or_else(|| StoreError::Database("transaction already committed".into()))?;
+        let owner = writer.owner();
+        writer.release_and_leave()?.outcome(owner).await
     }
 }
 
@@ -622,7 +634,10 @@ mod tests {
         let db = Sqlite::open(&dir.path().join("t.db")).await.unwrap();
         {
             let w = db.writer.lock().await;
-            w.execute_batch("BEGIN; INSERT INTO server_secrets (name, value) VALUES ('left', 'x')")
+            w.conn()
+                .execute_batch(
+                    "BEGIN; INSERT INTO server_secrets (name, value) VALUES ('left', 'x')",
+                )
                 .unwrap();
         }
         let mut w = db.writer().await.unwrap();
@@ -643,6 +658,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names, vec!["next".to_owned()]);
-        assert!(db.writer.lock().await.is_autocommit());
+        assert!(db.writer.lock().await.conn().is_autocommit());
     }
 }

@@ -109,6 +109,7 @@ async fn suite(store: Arc<dyn Store>) {
     sessions(&*store).await;
     codes(store.clone()).await;
     grants(store.clone()).await;
+    remembered_consent(&*store).await;
     keys_and_secrets(&*store).await;
     feed_and_bulk_revocation(&*store).await;
     sweeping(&*store).await;
@@ -341,14 +342,27 @@ async fn grants(s: Arc<dyn Store>) {
             .unwrap()
             .is_active(latchkey_core::UnixTime(NOW))
     );
-    let scopes = s.granted_scopes("u1", "c1", NOW).await.unwrap();
-    assert_eq!(scopes, vec![grant("g1", "u1", "c1").scope]);
-    assert!(s.granted_scopes("u1", "c2", NOW).await.unwrap().is_empty());
+    let remembered = |user: &'static str, client: &'static str, scope: &'static str, now| {
+        let s = s.clone();
+        async move {
+            s.remembered_consent(user, client, &Scope::parse(scope).unwrap(), now)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(remembered("u1", "c1", "openid email", NOW).await);
     assert!(
-        s.granted_scopes("u1", "c1", NOW + 3600)
-            .await
-            .unwrap()
-            .is_empty(),
+        remembered("u1", "c1", "email", NOW).await,
+        "a narrower request"
+    );
+    assert!(!remembered("u1", "c1", "openid email phone", NOW).await);
+    assert!(
+        !remembered("u1", "c2", "openid", NOW).await,
+        "another client"
+    );
+    assert!(!remembered("u2", "c1", "openid", NOW).await, "another user");
+    assert!(
+        !remembered("u1", "c1", "openid", NOW + 3600).await,
         "an expired grant remembers nothing"
     );
     assert!(
@@ -530,7 +544,50 @@ async fn grants(s: Arc<dyn Store>) {
             .unwrap(),
         "a revoked grant never rotates"
     );
-    assert!(s.granted_scopes("u1", "c1", NOW).await.unwrap().is_empty());
+    assert!(
+        !s.remembered_consent("u1", "c1", &Scope::parse("openid").unwrap(), NOW)
+            .await
+            .unwrap(),
+        "a revoked grant remembers nothing"
+    );
+}
+
+/// Consent is remembered from any of the newest active grants, not only the newest:
+/// a later, narrower authorization does not hide an earlier, wider one.
+async fn remembered_consent(s: &dyn Store) {
+    let wide = Grant {
+        scope: Scope::parse("openid email profile").unwrap(),
+        created_at: NOW - 20,
+        ..grant("rc-wide", "u-rc", "c1")
+    };
+    let narrow = Grant {
+        scope: Scope::parse("openid").unwrap(),
+        created_at: NOW - 10,
+        ..grant("rc-narrow", "u-rc", "c1")
+    };
+    let newest_revoked = Grant {
+        scope: Scope::parse("openid email profile phone").unwrap(),
+        created_at: NOW,
+        revoked_at: Some(NOW),
+        ..grant("rc-revoked", "u-rc", "c1")
+    };
+    for g in [&wide, &narrow, &newest_revoked] {
+        s.insert_grant(g).await.unwrap();
+    }
+    let remembered = async |scope: &str| {
+        s.remembered_consent("u-rc", "c1", &Scope::parse(scope).unwrap(), NOW)
+            .await
+            .unwrap()
+    };
+    assert!(remembered("openid").await, "the newest active grant");
+    assert!(
+        remembered("openid profile").await,
+        "an older grant covers what the newest does not"
+    );
+    assert!(
+        !remembered("openid phone").await,
+        "only the revoked grant had phone"
+    );
 }
 
 async fn keys_and_secrets(s: &dyn Store) {
@@ -798,7 +855,9 @@ async fn sqlite_wal_stays_bounded_under_steady_writes() {
         let (s, reading) = (store.clone(), reading.clone());
         tokio::spawn(async move {
             while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                s.granted_scopes("u1", "c1", NOW).await.unwrap();
+                s.remembered_consent("u1", "c1", &Scope::parse("openid").unwrap(), NOW)
+                    .await
+                    .unwrap();
                 tokio::task::yield_now().await;
             }
         })

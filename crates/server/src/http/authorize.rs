@@ -272,11 +272,10 @@ async fn consent_remembered(
     if client.kind == ClientKind::Public {
         return Ok(false);
     }
-    let granted = state
+    Ok(state
         .store
-        .granted_scopes(&user.user_id, &client.client_id, now)
-        .await?;
-    Ok(granted.iter().any(|s| req.scope.is_subset(s)))
+        .remembered_consent(&user.user_id, &client.client_id, &req.scope, now)
+        .await?)
 }
 
 async fn issue_code(
