@@ -660,4 +660,151 @@ mod tests {
         assert_eq!(names, vec!["next".to_owned()]);
         assert!(db.writer.lock().await.conn().is_autocommit());
     }
+
+    async fn insert_secret(db: &Sqlite, name: &str, value: &str) -> Result<u64> {
+        db.writer()
+            .await?
+            .execute(
+                "INSERT INTO server_secrets (name, value) VALUES ($1, $2)",
+                &[Value::Text(Some(name)), Value::Text(Some(value))],
+            )
+            .await
+    }
+
+    fn secret_names(path: &Path) -> std::collections::BTreeSet<String> {
+        let other = Connection::open(path).unwrap();
+        let mut stmt = other.prepare("SELECT name FROM server_secrets").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    /// Group commit: concurrent writers share COMMITs, and each is answered only once
+    /// its write is committed: another connection sees it the moment it returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_each_is_committed_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Arc::new(Sqlite::open(&path).await.unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let (db, path) = (db.clone(), path.clone());
+            tasks.push(tokio::spawn(async move {
+                let other = Connection::open(&path).unwrap();
+                for i in 0..100 {
+                    let name = format!("t{t}-{i}");
+                    insert_secret(&db, &name, "v").await.unwrap();
+                    let seen: i64 = other
+                        .query_row(
+                            "SELECT COUNT(*) FROM server_secrets WHERE name = ?1",
+                            [&name],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    assert_eq!(seen, 1, "{name} was answered before it was committed");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(secret_names(&path).len(), 1600);
+        let commits = db.writer.commits.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            commits < 1600,
+            "{commits} commits for 1600 writes: none shared"
+        );
+    }
+
+    /// A transaction that fails leaves its batch; the others in it commit, and every
+    /// caller's answer is the truth: Ok exactly for the rows that are there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_transaction_in_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Arc::new(Sqlite::open(&path).await.unwrap());
+        insert_secret(&db, "taken", "v").await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..50 {
+                    // Every third write collides with a row that exists.
+                    let name = if (t + i) % 3 == 0 {
+                        "taken".to_owned()
+                    } else {
+                        format!("t{t}-{i}")
+                    };
+                    let mut tx = db.begin().await.unwrap();
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO server_secrets (name, value) VALUES ($1, 'v')",
+                            &[Value::Text(Some(&name))],
+                        )
+                        .await;
+                    let answer = match inserted {
+                        Ok(_) => Sqlite::commit(tx).await,
+                        Err(e) => Err(e),
+                    };
+                    answers.push((name, answer.is_ok()));
+                }
+                answers
+            }));
+        }
+        let mut committed = std::collections::BTreeSet::from(["taken".to_owned()]);
+        for t in tasks {
+            for (name, ok) in t.await.unwrap() {
+                assert_eq!(ok, name != "taken", "{name}");
+                if ok {
+                    committed.insert(name);
+                }
+            }
+        }
+        assert_eq!(secret_names(&path), committed);
+    }
+
+    /// The hand-over that could strand a batch: a member releases its transaction
+    /// while another writer is queued, so it leaves the batch open for that one, and
+    /// that one is cancelled before it runs. The batch must still commit at once (not
+    /// after the member's fallback wait) and leave the write lock free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_left_to_a_cancelled_writer_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Arc::new(Sqlite::open(&path).await.unwrap());
+        let mut member = db.writer.lock().await;
+        member.begin().unwrap();
+        member
+            .conn()
+            .execute_batch("INSERT INTO server_secrets (name, value) VALUES ('member', 'v')")
+            .unwrap();
+        let queued = {
+            let db = db.clone();
+            tokio::spawn(async move { insert_secret(&db, "queued", "v").await })
+        };
+        // Let it run until it waits for the writer.
+        tokio::task::yield_now().await;
+        assert_eq!(
+            db.writer.queued.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        let started = std::time::Instant::now();
+        let pending = member.release_and_leave().unwrap();
+        // On one thread the queued writer has not run since: cancel it now.
+        queued.abort();
+        pending.outcome(&db.writer).await.unwrap();
+        assert!(
+            started.elapsed() < writer::STRANDED_AFTER / 2,
+            "the batch waited {:?} for the fallback",
+            started.elapsed()
+        );
+        assert!(queued.await.unwrap_err().is_cancelled());
+        assert!(secret_names(&path).contains("member"));
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO server_secrets (name, value) VALUES ('other', 'v'); COMMIT")
+            .expect("the write lock is still held");
+    }
 }

@@ -317,12 +317,27 @@ async fn codes(s: Arc<dyn Store>) {
         }));
     }
     let mut winners = 0;
+    let mut losers_saw = Vec::new();
     for t in tasks {
-        if matches!(t.await.unwrap(), Redemption::Redeemed(_)) {
-            winners += 1;
+        match t.await.unwrap() {
+            Redemption::Redeemed(_) => winners += 1,
+            Redemption::AlreadyRedeemed { grant_id } => losers_saw.push(grant_id),
+            Redemption::NotFound => panic!("a losing redemption did not see the winner's"),
         }
     }
     assert_eq!(winners, 1);
+    // Every loser names the winner's grant, so that reuse revokes it (RFC 9700
+    // §4.2.4), even when it raced the winner's commit.
+    let winner_grant = (0..8).map(|i| format!("g-race-{i}")).find(|g| {
+        losers_saw
+            .first()
+            .is_some_and(|seen| seen.as_deref() == Some(g.as_str()))
+    });
+    assert!(winner_grant.is_some(), "{losers_saw:?}");
+    assert!(
+        losers_saw.iter().all(|g| *g == winner_grant),
+        "{losers_saw:?}"
+    );
     let mut made = 0;
     for i in 0..8 {
         if s.grant(&format!("g-race-{i}")).await.unwrap().is_some() {

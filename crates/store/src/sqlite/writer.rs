@@ -34,7 +34,7 @@ const MAX_BATCH: usize = 32;
 /// How long a member waits for its batch's outcome before it takes the writer to
 /// commit the batch itself. Far above any batch's time (tens of microseconds per
 /// member); only a lost hand-over ever reaches it.
-const STRANDED_AFTER: Duration = Duration::from_millis(50);
+pub(crate) const STRANDED_AFTER: Duration = Duration::from_millis(50);
 
 /// What a batch's `COMMIT` came to, shared by its members.
 type Outcome = std::result::Result<(), Arc<str>>;
@@ -43,7 +43,10 @@ pub(crate) struct Writer {
     slot: tokio::sync::Mutex<Slot>,
     /// Callers waiting for the writer. While any wait, the holder leaves the batch
     /// open for them to join.
-    queued: AtomicUsize,
+    pub(crate) queued: AtomicUsize,
+    /// Batches committed, for tests to see that transactions share them.
+    #[cfg(test)]
+    pub(crate) commits: AtomicUsize,
 }
 
 pub(crate) struct Slot {
@@ -65,6 +68,8 @@ impl Writer {
         Writer {
             slot: tokio::sync::Mutex::new(Slot { conn, batch: None }),
             queued: AtomicUsize::new(0),
+            #[cfg(test)]
+            commits: AtomicUsize::new(0),
         }
     }
 
@@ -245,6 +250,8 @@ impl<'a> WriterGuard<'a> {
         }
         if self.slot.batch.is_some() {
             let result = self.slot.conn.execute_batch("COMMIT");
+            #[cfg(test)]
+            self.writer.commits.fetch_add(1, Ordering::SeqCst);
             if result.is_err() && !self.slot.conn.is_autocommit() {
                 let _ = self.slot.conn.execute_batch("ROLLBACK");
             }
