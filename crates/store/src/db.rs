@@ -129,7 +129,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn reader(&self) -> Result<Self::Conn<'_>>;
     /// A connection for a single-statement write (committed on its own).
     async fn writer(&self) -> Result<Self::Conn<'_>>;
-    /// A write transaction; dropped without [`Backend::commit`], it rolls back.
+    /// A write transaction; dropped without [`Backend::commit`], it rolls back. On
+    /// SQLite it may see the uncommitted writes of other transactions of its batch, so
+    /// what a caller decides from a read in it is answered through `commit` (which
+    /// waits for the batch), not after a drop.
     async fn begin(&self) -> Result<Self::Tx<'_>>;
     /// A write transaction that holds `lock`, which one holder at a time has across
     /// every node; `None` if another holds it.
