@@ -132,7 +132,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// A write transaction; dropped without [`Backend::commit`], it rolls back. On
     /// SQLite it may see the uncommitted writes of other transactions of its batch, so
     /// what a caller decides from a read in it is answered through `commit` (which
-    /// waits for the batch), not after a drop.
+    /// waits for the batch), not after a drop. A statement's error in it (a unique
+    /// conflict) may likewise come from a write of the batch that is not committed
+    /// yet: the store's transactions only ever turn such an error into a failure.
     async fn begin(&self) -> Result<Self::Tx<'_>>;
     /// A write transaction that holds `lock`, which one holder at a time has across
     /// every node; `None` if another holds it.

@@ -38,10 +38,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Frames the WAL may hold before the checkpoint thread starts it over (about 16 MB).
 const WAL_RESTART_FRAMES: i64 = 4096;
-/// Frames at most left for the RESTART to copy with the writer held: PASSIVE rounds
-/// (at most RESTART_CATCH_UP_ROUNDS) copy until fewer were committed meanwhile.
-const RESTART_TAIL_FRAMES: i64 = 256;
-const RESTART_CATCH_UP_ROUNDS: usize = 4;
 /// How long a RESTART checkpoint waits for readers, holding the writer meanwhile.
 const RESTART_WAIT: Duration = Duration::from_millis(10);
 /// The most checkpoint rounds skipped before a RESTART is tried again after one found
@@ -188,23 +184,14 @@ fn checkpoint_round(
     writer: &Writer,
     backoff: &mut RestartBackoff,
 ) -> rusqlite::Result<()> {
-    let (_, frames, mut copied) = wal_checkpoint(conn, "PASSIVE")?;
+    // A batch whose last members were cancelled mid hand-over, with no write since
+    // to commit it, is committed here: it holds SQLite's write lock.
+    writer.commit_if_idle();
+    let (_, frames) = wal_checkpoint(conn, "PASSIVE")?;
     if frames <= WAL_RESTART_FRAMES || backoff.skip_round() {
         return Ok(());
     }
-    // The RESTART copies what the PASSIVE did not, holding the writer: under heavy
-    // writes a PASSIVE of thousands of frames takes long enough for thousands more
-    // to be committed, and copying those with the writer held stalled every write for
-    // tens of milliseconds (the code flow's p99). So copy without the writer until
-    // the rest is short.
-    for _ in 0..RESTART_CATCH_UP_ROUNDS {
-        let (_, now, done) = wal_checkpoint(conn, "PASSIVE")?;
-        if now - copied <= RESTART_TAIL_FRAMES {
-            break;
-        }
-        copied = done;
-    }
-    let (busy, _, _) = {
+    let (busy, _) = {
         let mut held = writer.lock_blocking();
         // A batch open on the writer holds the write lock a RESTART waits for.
         held.commit_batch();
@@ -214,11 +201,10 @@ fn checkpoint_round(
     Ok(())
 }
 
-/// `PRAGMA wal_checkpoint`: (busy, frames in the WAL, frames copied back); busy is 1
-/// when it stopped short.
-fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+/// `PRAGMA wal_checkpoint`: (busy, frames in the WAL); busy is 1 when it stopped short.
+fn wal_checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64)> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        Ok((r.get(0)?, r.get(1)?))
     })
 }
 
@@ -439,8 +425,11 @@ impl SqliteConn<'_> {
                 let out = tx.run(f).await;
                 if out.is_err()
                     && let Some(w) = &mut tx.writer
+                    && w.undo().is_err()
                 {
-                    w.undo()?;
+                    // SQLite ended the whole transaction (SQLITE_FULL, an I/O error):
+                    // the statement's own error says why; dropping `tx` tells the batch.
+                    return out;
                 }
                 // Even a failed statement is answered after the commit: its error
                 // (a conflict, say) may come from a write of the batch.
@@ -826,5 +815,114 @@ mod tests {
         other
             .execute_batch("BEGIN IMMEDIATE; INSERT INTO server_secrets (name, value) VALUES ('other', 'v'); COMMIT")
             .expect("the write lock is still held");
+    }
+
+    /// Transactions that fail and are dropped keep the writer's queue busy without
+    /// joining the batch; they must not keep a released member's batch from
+    /// committing (found in review: a write waited until the failing load stopped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_transactions_do_not_starve_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Sqlite::open(&dir.path().join("t.db")).await.unwrap());
+        insert_secret(&db, "taken", "v").await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = Vec::new();
+        for _ in 0..16 {
+            let (db, stop) = (db.clone(), stop.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut tx = db.begin().await.unwrap();
+                    let r = tx
+                        .execute(
+                            "INSERT INTO server_secrets (name, value) VALUES ('taken', 'v')",
+                            &[],
+                        )
+                        .await;
+                    assert!(r.is_err());
+                    drop(tx);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut worst = Duration::ZERO;
+        for i in 0..20 {
+            let t0 = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(3),
+                insert_secret(&db, &format!("m{i}"), "v"),
+            )
+            .await;
+            worst = worst.max(t0.elapsed());
+            assert!(r.is_ok(), "write {i} still unanswered after 3 s");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in load {
+            t.await.unwrap();
+        }
+        assert!(
+            worst < Duration::from_millis(500),
+            "a write waited {worst:?}"
+        );
+    }
+
+    /// The race the cancelled-writer test cannot stage on one thread: the holder sees
+    /// a queued writer and leaves its batch open, the queued writer is cancelled on
+    /// another thread before the holder lets go (so its look finds the writer held),
+    /// and the member's caller is gone too. The batch then holds SQLite's write lock
+    /// with nobody to commit it; the checkpoint thread's round must (found in review:
+    /// the lock stayed held while the server was idle).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_stranded_by_two_cancellations_is_committed_by_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Arc::new(Sqlite::open(&path).await.unwrap());
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let mut stranded = 0;
+        for i in 0..2000 {
+            let mut member = db.writer.lock().await;
+            member.begin().unwrap();
+            member
+                .conn()
+                .execute_batch(&format!(
+                    "INSERT INTO server_secrets (name, value) VALUES ('m{i}', 'v')"
+                ))
+                .unwrap();
+            let queued = {
+                let db = db.clone();
+                tokio::spawn(async move { insert_secret(&db, &format!("q{i}"), "v").await })
+            };
+            while db.writer.queued.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                std::hint::spin_loop();
+            }
+            let go = Arc::new(std::sync::Barrier::new(2));
+            let aborter = {
+                let (go, h) = (go.clone(), queued.abort_handle());
+                std::thread::spawn(move || {
+                    go.wait();
+                    for _ in 0..(i % 50) {
+                        std::hint::spin_loop();
+                    }
+                    h.abort();
+                })
+            };
+            go.wait();
+            // The member's caller is cancelled too: nobody waits for the outcome.
+            drop(member.release_and_leave().unwrap());
+            aborter.join().unwrap();
+            let _ = queued.await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if other.execute_batch("BEGIN IMMEDIATE; ROLLBACK").is_err() {
+                stranded += 1;
+                // Two checkpoint rounds at most.
+                tokio::time::sleep(CHECKPOINT_EVERY * 2 + Duration::from_millis(100)).await;
+                assert!(
+                    other.execute_batch("BEGIN IMMEDIATE; ROLLBACK").is_ok(),
+                    "the write lock was still held by a stranded batch (iteration {i})"
+                );
+            }
+        }
+        // Not an assertion: how often the race was hit, for whoever reads the output.
+        eprintln!("stranded batches: {stranded} of 2000");
     }
 }

@@ -22,15 +22,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::watch;
 
 use crate::{Result, StoreError};
 
-/// Transactions in one batch at most; the next one opens a new batch.
+/// Turns with the writer (transactions released, failed or dropped, and lent
+/// waits) in one batch at most before it commits, however many still queue.
 const MAX_BATCH: usize = 32;
+/// How long a batch stays open at most before the next holder commits it. Turns are
+/// tens of microseconds, so this bounds only a batch that failed transactions (which
+/// keep the queue busy without joining) kept open.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(2);
 /// How long a member waits for its batch's outcome before it takes the writer to
 /// commit the batch itself. Far above any batch's time (tens of microseconds per
 /// member); only a lost hand-over ever reaches it.
@@ -56,7 +61,11 @@ pub(crate) struct Slot {
 
 /// The transaction open on the writer and the transactions released into it.
 struct Batch {
+    /// Transactions released into it.
     members: usize,
+    /// Times the writer was given back with it open.
+    turns: usize,
+    opened: Instant,
     outcome: watch::Sender<Option<Outcome>>,
 }
 
@@ -87,6 +96,16 @@ impl Writer {
         let slot = self.slot.blocking_lock();
         ticket.served();
         WriterGuard { slot, writer: self }
+    }
+
+    /// Commits a batch left open with nobody holding the writer. Such a batch has no
+    /// member waiting for it (a waiting member takes the writer itself after
+    /// [`STRANDED_AFTER`]), but it holds SQLite's write lock against other processes.
+    pub(crate) fn commit_if_idle(&self) {
+        if let Ok(slot) = self.slot.try_lock() {
+            let mut guard = WriterGuard { slot, writer: self };
+            guard.commit_batch();
+        }
     }
 
     /// The writer if nobody holds it and no batch is open, for a read: what it reads
@@ -179,6 +198,8 @@ impl<'a> WriterGuard<'a> {
             self.slot.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.slot.batch = Some(Batch {
                 members: 0,
+                turns: 0,
+                opened: Instant::now(),
                 outcome: watch::Sender::new(None),
             });
         }
@@ -205,18 +226,9 @@ impl<'a> WriterGuard<'a> {
     }
 
     /// Releases the transaction and gives the writer back, committing the batch if
-    /// nobody waits to join it or it is full.
+    /// nobody waits to join it, or it is full or old (see `Drop`).
     pub(crate) fn release_and_leave(mut self) -> Result<Pending> {
-        let pending = self.release()?;
-        if self
-            .slot
-            .batch
-            .as_ref()
-            .is_some_and(|b| b.members >= MAX_BATCH)
-        {
-            self.commit_batch();
-        }
-        Ok(pending)
+        self.release()
     }
 
     /// Undoes the open transaction's writes but keeps it open: released, it commits
@@ -272,8 +284,17 @@ impl<'a> WriterGuard<'a> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        // The writer is never left idle with a batch open: nobody would commit it.
-        if self.slot.batch.is_some() && self.writer.queued.load(Ordering::SeqCst) == 0 {
+        let Some(batch) = &mut self.slot.batch else {
+            return;
+        };
+        batch.turns += 1;
+        // The writer is never left idle with a batch open (nobody would commit it),
+        // and a batch does not stay open past its size or age while others queue: the
+        // members' answers wait for it.
+        if self.writer.queued.load(Ordering::SeqCst) == 0
+            || batch.turns >= MAX_BATCH
+            || batch.opened.elapsed() >= MAX_BATCH_AGE
+        {
             self.commit_batch();
         }
     }
