@@ -10,15 +10,16 @@
 //!
 //! Under load most of a commit's cost is shared: the WAL frames of pages that several
 //! transactions changed (the tables' last leaf, the B-tree roots, the header), the
-//! `fcntl` locks and the WAL index. The batch is bounded ([`MAX_BATCH`]) so that its
-//! first member never waits long.
+//! `fcntl` locks and the WAL index. The batch is bounded in turns ([`MAX_BATCH`]) and
+//! in age ([`MAX_BATCH_AGE`]) so that its first member never waits long, even while
+//! transactions that fail keep the queue busy without joining.
 //!
 //! The invariant that keeps this safe: the writer is never left idle with a batch
 //! open. [`WriterGuard`]'s `Drop` commits the batch when nobody is queued, and a caller
 //! whose wait for the writer is cancelled gives it one look on the way out (see
-//! [`Ticket`]). If a wait for the batch's outcome is ever left hanging anyway (a
-//! cancellation racing a hand-over), the member takes the writer itself after
-//! [`STRANDED_AFTER`], which commits the batch.
+//! [`Ticket`]). If a batch is left open anyway (a cancellation racing a hand-over), a
+//! member still waiting takes the writer itself after [`STRANDED_AFTER`], and with no
+//! member left the checkpoint thread commits it ([`Writer::commit_if_idle`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
