@@ -95,7 +95,7 @@ pub async fn create_client(
     let scopes = Scope::parse(new.scopes.as_deref().unwrap_or("openid profile email"))
         .map_err(|e| format!("--scopes: {}", e.description()))?;
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let client_id = random_token(&rng).map_err(|_| "random source failed")?[..22].to_owned();
+    let client_id = new_client_id(&rng)?;
     let (kind, secret, auth_methods) = if new.public {
         (ClientKind::Public, None, vec![AuthMethod::None])
     } else {
@@ -173,6 +173,18 @@ pub async fn create_user(store: &dyn Store, new: NewUser, now: i64) -> Result<Us
     }
 }
 
+/// A new client id: 22 base64url characters (132 random bits) that never begin with
+/// `-`, which a command line takes for an option (`latchkey client delete -x…` fails).
+fn new_client_id(rng: &aws_lc_rs::rand::SystemRandom) -> Result<String, String> {
+    for _ in 0..16 {
+        let token = random_token(rng).map_err(|_| "random source failed")?;
+        if !token.starts_with('-') {
+            return Ok(token[..22].to_owned());
+        }
+    }
+    Err("random source failed".into())
+}
+
 /// Finds a user by id or by username.
 pub async fn find_user(store: &dyn Store, id_or_name: &str) -> Result<Option<User>, String> {
     if let Some(u) = store.user(id_or_name).await.map_err(|e| e.to_string())? {
@@ -182,4 +194,25 @@ pub async fn find_user(store: &dyn Store, id_or_name: &str) -> Result<Option<Use
         .user_by_username(&normalize_username(id_or_name))
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One id in 64 drawn as plain base64url would begin with `-`; a test of the
+    /// command line failed that way (`client delete -xuV…`: "unexpected argument").
+    #[test]
+    fn client_ids_never_begin_with_a_dash() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for _ in 0..5000 {
+            let id = new_client_id(&rng).unwrap();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+        }
+    }
 }
