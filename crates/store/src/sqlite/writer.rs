@@ -211,10 +211,10 @@ impl<'a> WriterGuard<'a> {
         Ok(())
     }
 
-    /// Releases the open transaction's savepoint into the batch. The caller is
-    /// answered by [`Pending::outcome`] once the batch commits (or right away, if it
-    /// is the one to commit it: see [`WriterGuard::release_and_leave`]).
-    fn release(&mut self) -> Result<Pending> {
+    /// Releases the open transaction's savepoint into the batch and gives the writer
+    /// back; dropping the guard commits the batch if nobody waits to join it, or it is
+    /// full or old (see `Drop`). The caller is answered by [`Pending::outcome`].
+    pub(crate) fn release_and_leave(mut self) -> Result<Pending> {
         if let Err(e) = self.slot.conn.execute_batch("RELEASE latchkey_tx") {
             self.rollback();
             return Err(e.into());
@@ -224,12 +224,6 @@ impl<'a> WriterGuard<'a> {
         })?;
         batch.members += 1;
         Ok(Pending(batch.outcome.subscribe()))
-    }
-
-    /// Releases the transaction and gives the writer back, committing the batch if
-    /// nobody waits to join it, or it is full or old (see `Drop`).
-    pub(crate) fn release_and_leave(mut self) -> Result<Pending> {
-        self.release()
     }
 
     /// Undoes the open transaction's writes but keeps it open: released, it commits
