@@ -113,6 +113,7 @@ async fn suite(store: Arc<dyn Store>) {
     keys_and_secrets(&*store).await;
     feed_and_bulk_revocation(&*store).await;
     sweeping(&*store).await;
+    every_grant_filter(&*store).await;
 }
 
 async fn clients(s: &dyn Store) {
@@ -773,6 +774,85 @@ async fn sweeping(s: &dyn Store) {
     let r = s.sweep(NOW, NOW + 10, 1000).await.unwrap().unwrap();
     assert!(r.grants >= 3 && r.revocations >= 3, "{r:?}");
     assert!(s.revocations_since(0, 100).await.unwrap().is_empty());
+}
+
+/// Each of the eight shapes of a [`GrantFilter`] (each field given or not) selects
+/// exactly the grants it names, and revokes only those (the store writes one statement
+/// per shape, so that each can use its index).
+async fn every_grant_filter(s: &dyn Store) {
+    let mut all = Vec::new();
+    for (i, (user, client, session)) in [
+        ("fu1", "c1", "fs1"),
+        ("fu1", "c1", "fs2"),
+        ("fu1", "c3", "fs1"),
+        ("fu2", "c1", "fs3"),
+        ("fu2", "c3", "fs3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut g = grant(&format!("gf{i}"), user, client);
+        g.session_hash = Some(session.into());
+        s.insert_grant(&g).await.unwrap();
+        all.push(g);
+    }
+    let ours = |gs: Vec<Grant>| -> Vec<String> {
+        let mut ids: Vec<String> = gs
+            .into_iter()
+            .filter(|g| g.grant_id.starts_with("gf"))
+            .map(|g| g.grant_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let shapes = |user: Option<&str>, client: Option<&str>, session: Option<&str>| GrantFilter {
+        user_id: user.map(str::to_owned),
+        client_id: client.map(str::to_owned),
+        session_hash: session.map(str::to_owned),
+        active_only: false,
+    };
+    for user in [None, Some("fu1"), Some("fu2")] {
+        for client in [None, Some("c1"), Some("c3")] {
+            for session in [None, Some("fs1"), Some("fs3")] {
+                let f = shapes(user, client, session);
+                let mut want: Vec<String> = all
+                    .iter()
+                    .filter(|g| user.is_none_or(|u| g.user_id == u))
+                    .filter(|g| client.is_none_or(|c| g.client_id == c))
+                    .filter(|g| session.is_none_or(|x| g.session_hash.as_deref() == Some(x)))
+                    .map(|g| g.grant_id.clone())
+                    .collect();
+                want.sort();
+                let got = ours(s.list_grants(&f, NOW, 1000).await.unwrap());
+                assert_eq!(got, want, "{f:?}");
+            }
+        }
+    }
+    // Revoking by user and session touches that pair's grants only.
+    let f = shapes(Some("fu1"), None, Some("fs1"));
+    assert_eq!(s.revoke_grants(&f, NOW + 3).await.unwrap(), 2);
+    let active = GrantFilter {
+        active_only: true,
+        ..shapes(Some("fu1"), None, None)
+    };
+    assert_eq!(
+        ours(s.list_grants(&active, NOW, 1000).await.unwrap()),
+        vec!["gf1"]
+    );
+    let f = shapes(None, Some("c3"), None);
+    assert_eq!(
+        s.revoke_grants(&f, NOW + 3).await.unwrap(),
+        1,
+        "gf2 was revoked already"
+    );
+    let active = GrantFilter {
+        active_only: true,
+        ..shapes(None, None, None)
+    };
+    assert_eq!(
+        ours(s.list_grants(&active, NOW, 1000).await.unwrap()),
+        vec!["gf1", "gf3"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
