@@ -95,8 +95,9 @@ impl Grant {
     }
 }
 
-/// An authorization code waiting to be redeemed (RFC 6749 §4.1.2). Stored under the
-/// digest of the code.
+/// An authorization code waiting to be redeemed (RFC 6749 §4.1.2). Stored under
+/// `code_hash`, the code's [`crate::secret::code_key`]: its creation second and its
+/// digest, never the code.
 #[derive(Debug, Clone)]
 pub struct AuthorizationCode {
     pub code_hash: String,

@@ -98,6 +98,13 @@ impl AppState {
             .map_err(|_| latchkey_core::OAuthError::server_error())
     }
 
+    /// A new authorization code, beginning with the current second (see
+    /// [`latchkey_core::secret::new_code`]).
+    pub fn new_code(&self) -> Result<String, latchkey_core::OAuthError> {
+        latchkey_core::secret::new_code(&self.rng, self.now())
+            .map_err(|_| latchkey_core::OAuthError::server_error())
+    }
+
     pub fn mac(&self, purpose: &str, message: &str) -> String {
         let mut input = Vec::with_capacity(purpose.len() + message.len() + 1);
         input.extend_from_slice(purpose.as_bytes());

@@ -23,7 +23,7 @@ use latchkey_core::model::{AuthorizationCode, Session, User, normalize_username}
 use latchkey_core::params::Params;
 use latchkey_core::redirect_uri::with_query;
 use latchkey_core::scope;
-use latchkey_core::secret::{ct_eq, digest};
+use latchkey_core::secret::{code_key, ct_eq, digest};
 use serde::Deserialize;
 
 use super::pages::{ConsentPage, LoginPage, error_page, render};
@@ -285,10 +285,10 @@ async fn issue_code(
     user: &User,
 ) -> Result<Response, Failure> {
     let code = state
-        .random_token()
+        .new_code()
         .map_err(|e| Failure::Page(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let record = AuthorizationCode {
-        code_hash: digest(&code),
+        code_hash: code_key(&code),
         client_id: req.client_id.clone(),
         user_id: user.user_id.clone(),
         session_hash: Some(session.session_hash.clone()),

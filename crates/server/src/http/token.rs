@@ -12,7 +12,7 @@ use latchkey_core::jose::{Alg, at_hash};
 use latchkey_core::model::{Grant, User};
 use latchkey_core::pkce::PkceVerified;
 use latchkey_core::scope::Scope;
-use latchkey_core::secret::{digest, digest_matches};
+use latchkey_core::secret::{code_key, digest, digest_matches};
 use latchkey_core::token::{RefreshToken, TokenRequest, check_code_redemption};
 use latchkey_core::{OAuthError, UnixTime};
 use latchkey_store::{CurrentRefresh, NewGrant, Redemption};
@@ -150,7 +150,7 @@ async fn redeem_code(
     };
     let stored = match state
         .store
-        .redeem_code(&digest(code), &new_grant, now)
+        .redeem_code(&code_key(code), &new_grant, now)
         .await
         .map_err(|e| store_failure(&e))?
     {
