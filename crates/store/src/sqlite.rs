@@ -191,12 +191,24 @@ fn checkpoint_round(
     if frames <= WAL_RESTART_FRAMES || backoff.skip_round() {
         return Ok(());
     }
-    let (busy, _) = {
+    let asked = std::time::Instant::now();
+    let (busy, held_for) = {
         let mut held = writer.lock_blocking();
+        let got = std::time::Instant::now();
         // A batch open on the writer holds the write lock a RESTART waits for.
         held.commit_batch();
-        wal_checkpoint(conn, "RESTART")?
+        let (busy, _) = wal_checkpoint(conn, "RESTART")?;
+        (busy, got.elapsed())
     };
+    // How long writes stood still for it (LATCHKEY_LOG=latchkey_store::sqlite::checkpoint=debug).
+    tracing::debug!(
+        target: "latchkey_store::sqlite::checkpoint",
+        frames,
+        busy,
+        held_us = u64::try_from(held_for.as_micros()).unwrap_or(u64::MAX),
+        waited_us = u64::try_from((asked.elapsed() - held_for).as_micros()).unwrap_or(u64::MAX),
+        "WAL restarted"
+    );
     backoff.restarted(busy == 0, frames);
     Ok(())
 }
