@@ -3,7 +3,7 @@
 //! [`aws_lc_rs::rand::SecureRandom`], so every rule can be tested with a fixed clock.
 //!
 //! The modules are protocol concepts: [`authorize`] (RFC 6749 §4.1.1, OIDC Core §3.1.2),
-//! [`token`] (RFC 6749 §4.1.3, §6, §4.4), [`pkce`] (RFC 7636), [`redirect_uri`]
+//! [`token`] (RFC 6749 §4.1.3, §6, §4.4), [`code`] (§4.1.2), [`pkce`] (RFC 7636), [`redirect_uri`]
 //! (RFC 9700 §4.1.3, RFC 8252 §7.3), [`scope`] (RFC 6749 §3.3), [`jose`] (RFC 7515,
 //! RFC 8725) and [`error`] (RFC 6749 §4.1.2.1, §5.2, RFC 6750 §3.1).
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@
 pub mod authorize;
 pub mod claims;
 pub mod client;
+pub mod code;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -95,12 +95,12 @@ impl Grant {
     }
 }
 
-/// An authorization code waiting to be redeemed (RFC 6749 §4.1.2). Stored under
-/// `code_hash`, the code's [`crate::secret::code_key`]: its creation second and its
-/// digest, never the code.
+/// What an authorization code stands for (RFC 6749 §4.1.2): the authorization it
+/// answers, sealed into the code itself ([`crate::code`]), never stored.
 #[derive(Debug, Clone)]
 pub struct AuthorizationCode {
-    pub code_hash: String,
+    /// The grant a redemption makes; a second redemption finds it and revokes it.
+    pub grant_id: String,
     pub client_id: String,
     pub user_id: String,
     pub session_hash: Option<String>,

@@ -181,6 +181,8 @@ pub async fn build_state(
         .map_err(|e| e.to_string())?;
     let rng = SystemRandom::new();
     let mac_key = mac_key(store.as_ref(), &master, &rng).await?;
+    let codes =
+        latchkey_core::code::CodeSealer::from_mac_key(&mac_key).map_err(|e| e.to_string())?;
     let ring = bootstrap_keys(store.as_ref(), &master, &config, clock.as_ref(), &mut notes).await?;
     let dummy =
         latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed".to_owned())?;
@@ -197,6 +199,7 @@ pub async fn build_state(
         keyring: std::sync::RwLock::new(Arc::new(ring)),
         master,
         mac_key,
+        codes,
         clock,
         rng,
         dummy_password_hash,
@@ -404,20 +407,21 @@ async fn sweeper(state: AppState) {
         tokio::time::sleep(period).await;
         for _ in 0..1000 {
             let now = state.now();
-            let horizon = now - http::backchannel::feed_window(&state);
+            // A grant's row keeps its code from being redeemed again, so it stays at
+            // least as long as a code lives (latchkey_core::code).
+            let horizon =
+                now - http::backchannel::feed_window(&state).max(state.config.code_ttl + 60);
             match state.store.sweep(now, horizon, BATCH).await {
                 Ok(Some(r)) => {
                     if r.total() > 0 {
                         tracing::debug!(
-                            codes = r.codes,
                             sessions = r.sessions,
                             grants = r.grants,
                             revocations = r.revocations,
                             "swept expired rows"
                         );
                     }
-                    if r.codes < BATCH as u64
-                        && r.sessions < BATCH as u64
+                    if r.sessions < BATCH as u64
                         && r.grants < BATCH as u64
                         && r.revocations < BATCH as u64
                     {

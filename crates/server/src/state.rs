@@ -23,6 +23,8 @@ pub struct Inner {
     /// Server-wide MAC key (shared by all nodes through the store): CSRF tokens,
     /// login markers and the refresh-token chain.
     pub mac_key: Vec<u8>,
+    /// Seals authorization codes, with a key derived from `mac_key`.
+    pub codes: latchkey_core::code::CodeSealer,
     pub clock: Arc<dyn Clock>,
     pub rng: SystemRandom,
     /// A real argon2id hash of a random password, verified against when the username
@@ -98,10 +100,10 @@ impl AppState {
             .map_err(|_| latchkey_core::OAuthError::server_error())
     }
 
-    /// A new authorization code, beginning with the current second (see
-    /// [`latchkey_core::secret::new_code`]).
-    pub fn new_code(&self) -> Result<String, latchkey_core::OAuthError> {
-        latchkey_core::secret::new_code(&self.rng, self.now())
+    /// A new grant id, beginning with the current second (see
+    /// [`latchkey_core::code::new_grant_id`]).
+    pub fn new_grant_id(&self) -> Result<String, latchkey_core::OAuthError> {
+        latchkey_core::code::new_grant_id(&self.rng, self.now())
             .map_err(|_| latchkey_core::OAuthError::server_error())
     }
 

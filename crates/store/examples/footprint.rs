@@ -1,8 +1,8 @@
 //! Measures what the store costs: bytes per active grant on each backend, and the time
-//! to sweep one million expired codes in batches of 1,000.
+//! to sweep one million expired sessions in batches of 1,000.
 //!
 //! ```sh
-//! cargo run --release -p latchkey-store --example footprint -- [--grants 10000] [--codes 1000000] [--pg postgres://postgres@127.0.0.1:5432/test]
+//! cargo run --release -p latchkey-store --example footprint -- [--grants 10000] [--sessions 1000000] [--pg postgres://postgres@127.0.0.1:5432/test]
 //! ```
 //! SQLite runs in a temporary directory; PostgreSQL in a database created and dropped
 //! for the run.
@@ -53,7 +53,7 @@ fn grant(i: usize) -> Grant {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let grants: usize = arg("--grants", "10000").parse().unwrap();
-    let codes: i64 = arg("--codes", "1000000").parse().unwrap();
+    let sessions: i64 = arg("--sessions", "1000000").parse().unwrap();
     let pg_admin = arg("--pg", "postgres://postgres@127.0.0.1:5432/test");
 
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +86,7 @@ async fn main() {
         "  {grants} grants: {} bytes per grant (table and indexes), 1 row each",
         (after - before) / grants as u64
     );
-    sweep_codes_sqlite(&sqlite, &side, codes).await;
+    sweep_sessions_sqlite(&sqlite, &side, sessions).await;
 
     let mut admin = sqlx::PgConnection::connect(&pg_admin)
         .await
@@ -115,7 +115,7 @@ async fn main() {
             "  {grants} grants: {} bytes per grant (heap, TOAST and indexes), 1 row each",
             (after - before) / grants as i64
         );
-        sweep_codes_pg(&pg, codes).await;
+        sweep_sessions_pg(&pg, sessions).await;
         pg.pool().close().await;
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -126,42 +126,39 @@ async fn main() {
     .unwrap();
 }
 
-const FILL: &str = "code_challenge_E9Melhoa2OwvFrEMTJguCHaoeK1t8UR";
-
-async fn sweep_codes_sqlite(s: &SqliteStore, side: &rusqlite::Connection, n: i64) {
+async fn sweep_sessions_sqlite(s: &SqliteStore, side: &rusqlite::Connection, n: i64) {
     let t = Instant::now();
     side.execute(
         "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?1)
-         INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource)
-         SELECT 'c' || i, 'client', 'user', 'session', 'https://app.example/cb', 'openid', NULL, ?2, ?3, ?3 - 1, NULL FROM seq",
-        rusqlite::params![n, FILL, NOW],
+         INSERT INTO sessions (session_hash, user_id, auth_time, expires_at)
+         SELECT 's' || i, 'user', ?2, ?2 - 1 FROM seq",
+        rusqlite::params![n, NOW],
     )
     .unwrap();
     println!(
-        "  inserted {n} expired codes in {:.1} s",
+        "  inserted {n} expired sessions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     sweep(s, n).await;
 }
 
-async fn sweep_codes_pg(s: &PgStore, n: i64) {
+async fn sweep_sessions_pg(s: &PgStore, n: i64) {
     let t = Instant::now();
     sqlx::query(
-        "INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource)
-         SELECT 'c' || i, 'client', 'user', 'session', 'https://app.example/cb', 'openid', NULL, $2, $3, $3 - 1, NULL FROM generate_series(1, $1) AS i",
+        "INSERT INTO sessions (session_hash, user_id, auth_time, expires_at)
+         SELECT 's' || i, 'user', $2, $2 - 1 FROM generate_series(1, $1) AS i",
     )
     .bind(n)
-    .bind(FILL)
     .bind(NOW)
     .execute(s.pool())
     .await
     .unwrap();
-    sqlx::query("ANALYZE codes")
+    sqlx::query("ANALYZE sessions")
         .execute(s.pool())
         .await
         .unwrap();
     println!(
-        "  inserted {n} expired codes in {:.1} s",
+        "  inserted {n} expired sessions in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     sweep(s, n).await;
@@ -182,14 +179,14 @@ async fn sweep(s: &dyn Store, n: i64) {
             .expect("no other sweeper");
         slowest = slowest.max(b.elapsed());
         batches += 1;
-        total += r.codes;
-        if r.codes < 1000 {
+        total += r.sessions;
+        if r.sessions < 1000 {
             break;
         }
     }
     assert_eq!(total, u64::try_from(n).unwrap());
     println!(
-        "  swept {total} expired codes in {:.1} s ({batches} batches of 1,000; slowest batch {:.1} ms, so no lock is held longer)",
+        "  swept {total} expired sessions in {:.1} s ({batches} batches of 1,000; slowest batch {:.1} ms, so no lock is held longer)",
         t.elapsed().as_secs_f64(),
         slowest.as_secs_f64() * 1000.0
     );

@@ -1,10 +1,11 @@
 //! Latchkey's storage: one [`Store`] trait by aggregate (clients, users, sessions,
-//! codes, grants, keys), implemented for SQLite (the embedded default) and PostgreSQL
-//! (for many nodes) by the same SQL, and one conformance suite run against both.
+//! grants, keys), implemented for SQLite (the embedded default) and PostgreSQL (for
+//! many nodes) by the same SQL, and one conformance suite run against both.
 //!
 //! Every state transition that must not race is one conditional statement: a code is
-//! redeemed by `UPDATE … WHERE redeemed_at IS NULL RETURNING …`, a refresh token is
-//! rotated by `UPDATE … WHERE refresh_generation = $n AND revoked_at IS NULL`.
+//! redeemed by inserting the grant it names `… ON CONFLICT (grant_id) DO NOTHING`, a
+//! refresh token is rotated by `UPDATE … WHERE refresh_generation = $n AND revoked_at
+//! IS NULL`.
 #![forbid(unsafe_code)]
 
 mod db;
@@ -61,10 +62,10 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// What a code redemption adds to the code's own data to make its grant.
+/// What a code redemption adds to the code's own data to make its grant (whose id the
+/// code names).
 #[derive(Debug, Clone)]
 pub struct NewGrant {
-    pub grant_id: String,
     /// 1 with a refresh token, 0 without.
     pub refresh_generation: i64,
     pub refresh_hash: Option<String>,
@@ -76,7 +77,7 @@ impl NewGrant {
     /// caller need not read it back.
     pub fn grant_from(&self, code: &AuthorizationCode, now: i64) -> Grant {
         Grant {
-            grant_id: self.grant_id.clone(),
+            grant_id: code.grant_id.clone(),
             user_id: code.user_id.clone(),
             client_id: code.client_id.clone(),
             scope: code.scope.clone(),
@@ -121,15 +122,14 @@ pub struct Versions {
 }
 
 /// The result of trying to redeem a code.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redemption {
-    /// This call consumed the code and made the grant `NewGrant::grant_id`.
-    Redeemed(Box<AuthorizationCode>),
-    /// The code was consumed before; `grant_id` is the grant the first redemption made.
-    AlreadyRedeemed {
-        grant_id: Option<String>,
-    },
-    NotFound,
+    /// This call made the grant the code names: the code is consumed.
+    Redeemed,
+    /// The grant the code names exists: the code was redeemed before (RFC 9700 §4.2.4).
+    AlreadyRedeemed,
+    /// The code's client or user no longer exists.
+    Orphaned,
 }
 
 /// A change to the signing keys, as [`Store::maintain_keys`] applies it.
@@ -173,7 +173,6 @@ pub struct Revocation {
 /// Rows removed by one sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    pub codes: u64,
     pub sessions: u64,
     pub grants: u64,
     pub revocations: u64,
@@ -181,7 +180,7 @@ pub struct SweepReport {
 
 impl SweepReport {
     pub fn total(&self) -> u64 {
-        self.codes + self.sessions + self.grants + self.revocations
+        self.sessions + self.grants + self.revocations
     }
 }
 
@@ -219,14 +218,18 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, session_hash: &str, now: i64) -> Result<Option<Session>>;
     async fn delete_session(&self, session_hash: &str) -> Result<()>;
 
-    // Authorization codes
-    async fn insert_code(&self, code: &AuthorizationCode) -> Result<()>;
-    /// Atomically consumes the code and, in the same transaction, makes the grant it
-    /// produces from the code and `grant`. Because both commit together, a second
-    /// redemption racing this one always finds the grant to revoke (RFC 9700 §4.2.4).
-    /// A code whose client no longer exists is `NotFound`: deleting a client must leave
+    // Authorization codes (sealed, never stored: latchkey_core::code)
+    /// Consumes a code by making the grant it names, from the code and `grant`, in one
+    /// conditional statement (REL-01): of racing redemptions exactly one makes it, and
+    /// every other, however late, finds it (`AlreadyRedeemed`, RFC 9700 §4.2.4). A code
+    /// whose client or user no longer exists is `Orphaned`: deleting either must leave
     /// it no grant, even one from a code a server issued just after from its cache.
-    async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption>;
+    async fn redeem_code(
+        &self,
+        code: &AuthorizationCode,
+        grant: &NewGrant,
+        now: i64,
+    ) -> Result<Redemption>;
 
     // Grants
     async fn insert_grant(&self, grant: &Grant) -> Result<()>;
@@ -272,10 +275,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_since(&self, since: i64, limit: i64) -> Result<Vec<Revocation>>;
 
     // Housekeeping
-    /// Deletes at most `limit` rows of each kind that nothing needs any more: codes and
-    /// sessions past expiry, grants past expiry or revoked before `revoked_before`, feed
+    /// Deletes at most `limit` rows of each kind that nothing needs any more: sessions
+    /// past expiry, grants that expired or were revoked before `revoked_before`, feed
     /// entries older than `revoked_before`. One node at a time (a database lock on
-    /// PostgreSQL); returns `None` if another node holds the lock.
+    /// PostgreSQL); returns `None` if another node holds the lock. `revoked_before` must
+    /// be at least a code lifetime ago: a grant's row is what keeps its code from being
+    /// redeemed again.
     async fn sweep(&self, now: i64, revoked_before: i64, limit: i64)
     -> Result<Option<SweepReport>>;
     /// Rows per table, for tests and benchmarks.

@@ -159,6 +159,17 @@ CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION latchkey_bump_counter('users');
 "#,
     },
+    Migration {
+        version: 3,
+        sql: r#"
+-- Authorization codes are sealed and carry their request (latchkey_core::code); the
+-- grant a code names is what makes it single-use. Codes issued before this version
+-- no longer redeem: they lived a minute at most.
+DROP TABLE codes;
+"#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The PostgreSQL text of a migration: 64-bit integers and byte strings by their names

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use latchkey_core::client::{AuthMethod, Client, ClientKind, GrantType};
 use latchkey_core::jose::Alg;
 use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Session, User};
-use latchkey_core::pkce::CodeChallenge;
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 
@@ -92,11 +91,6 @@ macro_rules! client_columns {
 macro_rules! grant_columns {
     () => {
         "grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used"
-    };
-}
-macro_rules! code_columns {
-    () => {
-        "code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource"
     };
 }
 macro_rules! user_columns {
@@ -231,22 +225,6 @@ fn grant_from_row(row: &dyn Cols) -> Result<Grant> {
         expires_at: row.int("expires_at")?,
         revoked_at: row.opt_int("revoked_at")?,
         grace_used: row.int("grace_used")? != 0,
-    })
-}
-
-fn code_from_row(row: &dyn Cols) -> Result<AuthorizationCode> {
-    Ok(AuthorizationCode {
-        code_hash: row.text("code_hash")?,
-        client_id: row.text("client_id")?,
-        user_id: row.text("user_id")?,
-        session_hash: row.opt_text("session_hash")?,
-        redirect_uri: row.text("redirect_uri")?,
-        scope: Scope::parse(&row.text("scope")?).map_err(|_| corrupt("code scope"))?,
-        nonce: row.opt_text("nonce")?,
-        code_challenge: CodeChallenge::from_stored(row.text("code_challenge")?),
-        auth_time: row.int("auth_time")?,
-        expires_at: row.int("expires_at")?,
-        resource: row.opt_text("resource")?,
     })
 }
 
@@ -421,8 +399,6 @@ impl<B: Backend> Store for SqlStore<B> {
             args![client_id, now],
         )
         .await?;
-        tx.execute("DELETE FROM codes WHERE client_id = $1", args![client_id])
-            .await?;
         let n = tx
             .execute("DELETE FROM clients WHERE client_id = $1", args![client_id])
             .await?;
@@ -538,8 +514,6 @@ impl<B: Backend> Store for SqlStore<B> {
         .await?;
         tx.execute("DELETE FROM sessions WHERE user_id = $1", args![user_id])
             .await?;
-        tx.execute("DELETE FROM codes WHERE user_id = $1", args![user_id])
-            .await?;
         let n = tx
             .execute("DELETE FROM users WHERE user_id = $1", args![user_id])
             .await?;
@@ -583,68 +557,63 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(())
     }
 
-    async fn insert_code(&self, c: &AuthorizationCode) -> Result<()> {
-        let scope = c.scope.to_string();
-        self.db
+    async fn redeem_code(
+        &self,
+        code: &AuthorizationCode,
+        grant: &NewGrant,
+        now: i64,
+    ) -> Result<Redemption> {
+        let g = grant.grant_from(code, now);
+        let scope = g.scope.to_string();
+        // REL-01: one conditional statement. The grant the code names is made unless
+        // it exists (a redemption won before) or the code's client or user is gone.
+        let made = self
+            .db
             .writer()
             .await?
             .execute(
-                "INSERT INTO codes (code_hash, client_id, user_id, session_hash, redirect_uri, scope, nonce, code_challenge, auth_time, expires_at, resource) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0 \
+                 WHERE EXISTS (SELECT 1 FROM clients WHERE client_id = $3) AND EXISTS (SELECT 1 FROM users WHERE user_id = $2) \
+                 ON CONFLICT (grant_id) DO NOTHING",
                 args![
-                    &c.code_hash,
-                    &c.client_id,
-                    &c.user_id,
-                    &c.session_hash,
-                    &c.redirect_uri,
+                    &g.grant_id,
+                    &g.user_id,
+                    &g.client_id,
                     &scope,
-                    &c.nonce,
-                    c.code_challenge.as_str(),
-                    c.auth_time,
-                    c.expires_at,
-                    &c.resource,
+                    g.auth_time,
+                    &g.session_hash,
+                    &g.nonce,
+                    &g.audience,
+                    g.refresh_generation,
+                    &g.refresh_hash,
+                    g.created_at,
+                    g.last_used_at,
+                    g.expires_at,
                 ],
             )
             .await?;
-        Ok(())
-    }
-
-    async fn redeem_code(&self, code_hash: &str, grant: &NewGrant, now: i64) -> Result<Redemption> {
-        let mut tx = self.db.begin().await?;
-        // REL-01: one conditional statement; of N racing redemptions one wins.
-        let code = tx
+        if made == 1 {
+            return Ok(Redemption::Redeemed);
+        }
+        // Why not, asked of the writer: on SQLite it then sees a redemption that won in
+        // the same batch and is not committed yet (which a reader would miss, and so
+        // miss the reuse), and it is answered only after that commit.
+        let exists = self
+            .db
+            .writer()
+            .await?
             .fetch_optional(
-                concat!(
-                    "UPDATE codes SET redeemed_at = $2, grant_id = $3 WHERE code_hash = $1 AND redeemed_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM clients WHERE clients.client_id = codes.client_id) RETURNING ",
-                    code_columns!()
-                ),
-                args![code_hash, now, &grant.grant_id],
-                code_from_row,
+                "SELECT grant_id FROM grants WHERE grant_id = $1",
+                args![&code.grant_id],
+                |r| r.text("grant_id"),
             )
             .await?;
-        let Some(code) = code else {
-            // Why not, read in the same transaction: on SQLite it sees a redemption
-            // that won in the same batch and is not committed yet (which a reader
-            // would miss, and so miss the reuse), and it is answered only after that
-            // commit.
-            let row = tx
-                .fetch_optional(
-                    "SELECT grant_id, redeemed_at FROM codes WHERE code_hash = $1",
-                    args![code_hash],
-                    |r| Ok((r.opt_text("grant_id")?, r.opt_int("redeemed_at")?)),
-                )
-                .await?;
-            B::commit(tx).await?;
-            return Ok(match row {
-                Some((grant_id, Some(_))) => Redemption::AlreadyRedeemed { grant_id },
-                // Not redeemed and still not redeemable: its client was deleted (a
-                // server may have issued it just after, from a cached client).
-                _ => Redemption::NotFound,
-            });
-        };
-        insert_grant_on(&mut tx, &grant.grant_from(&code, now)).await?;
-        B::commit(tx).await?;
-        Ok(Redemption::Redeemed(Box::new(code)))
+        Ok(if exists.is_some() {
+            Redemption::AlreadyRedeemed
+        } else {
+            Redemption::Orphaned
+        })
     }
 
     async fn insert_grant(&self, g: &Grant) -> Result<()> {
@@ -837,12 +806,6 @@ impl<B: Backend> Store for SqlStore<B> {
         // Each statement deletes one bounded batch found through an index on the expiry
         // column: cost grows with the batch, never with history.
         let mut report = SweepReport {
-            codes: tx
-                .execute(
-                    "DELETE FROM codes WHERE code_hash IN (SELECT code_hash FROM codes WHERE expires_at < $1 LIMIT $2)",
-                    args![now, limit],
-                )
-                .await?,
             sessions: tx
                 .execute(
                     "DELETE FROM sessions WHERE session_hash IN (SELECT session_hash FROM sessions WHERE expires_at < $1 LIMIT $2)",
@@ -883,7 +846,6 @@ impl<B: Backend> Store for SqlStore<B> {
             ("users", "SELECT COUNT(*) AS n FROM users"),
             ("sessions", "SELECT COUNT(*) AS n FROM sessions"),
             ("grants", "SELECT COUNT(*) AS n FROM grants"),
-            ("codes", "SELECT COUNT(*) AS n FROM codes"),
             ("signing_keys", "SELECT COUNT(*) AS n FROM signing_keys"),
             ("server_secrets", "SELECT COUNT(*) AS n FROM server_secrets"),
             ("revocations", "SELECT COUNT(*) AS n FROM revocations"),

@@ -76,9 +76,10 @@ fn grant(id: &str, user: &str, client: &str) -> Grant {
     }
 }
 
-fn code(hash: &str) -> AuthorizationCode {
+/// A code that names the grant `grant_id` (what `latchkey_core::code` seals).
+fn code(grant_id: &str) -> AuthorizationCode {
     AuthorizationCode {
-        code_hash: hash.into(),
+        grant_id: grant_id.into(),
         client_id: "c1".into(),
         user_id: "u1".into(),
         session_hash: Some("s".into()),
@@ -94,9 +95,8 @@ fn code(hash: &str) -> AuthorizationCode {
     }
 }
 
-fn new_grant(id: &str) -> NewGrant {
+fn new_grant() -> NewGrant {
     NewGrant {
-        grant_id: id.into(),
         refresh_generation: 1,
         refresh_hash: Some("rh".into()),
         expires_at: NOW + 3600,
@@ -234,23 +234,13 @@ async fn sessions(s: &dyn Store) {
 }
 
 async fn codes(s: Arc<dyn Store>) {
-    s.insert_code(&code("code1")).await.unwrap();
-    match s
-        .redeem_code("code1", &new_grant("g-code1"), NOW)
-        .await
-        .unwrap()
-    {
-        Redemption::Redeemed(c) => {
-            assert_eq!(c.redirect_uri, "https://app.example/cb");
-            assert_eq!(
-                c.code_challenge.as_str(),
-                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-            );
-            assert_eq!(c.resource.as_deref(), Some("https://api.example.com"));
-        }
-        other => panic!("expected Redeemed, got {other:?}"),
-    }
-    // The grant was made in the same transaction, from the code.
+    assert_eq!(
+        s.redeem_code(&code("g-code1"), &new_grant(), NOW)
+            .await
+            .unwrap(),
+        Redemption::Redeemed
+    );
+    // The redemption made the grant the code names, from the code.
     let g = s
         .grant("g-code1")
         .await
@@ -266,87 +256,69 @@ async fn codes(s: Arc<dyn Store>) {
     );
     assert_eq!(g.audience.as_deref(), Some("https://api.example.com"));
     assert!(g.revoked_at.is_none());
-    s.revoke_grant("g-code1", NOW).await.unwrap();
-    match s.redeem_code("code1", &new_grant("g2"), NOW).await.unwrap() {
-        Redemption::AlreadyRedeemed { grant_id } => {
-            assert_eq!(grant_id.as_deref(), Some("g-code1"))
-        }
-        other => panic!("expected AlreadyRedeemed, got {other:?}"),
-    }
-    assert!(matches!(
-        s.redeem_code("nope", &new_grant("g3"), NOW).await.unwrap(),
-        Redemption::NotFound
-    ));
-
     // What the redemption inserted is what `grant_from` says it did (the token endpoint
     // uses that instead of reading the grant back).
-    s.insert_code(&code("code-same")).await.unwrap();
-    let Redemption::Redeemed(c) = s
-        .redeem_code("code-same", &new_grant("g-same"), NOW)
-        .await
-        .unwrap()
-    else {
-        panic!("not redeemed")
-    };
     assert_eq!(
-        format!("{:?}", new_grant("g-same").grant_from(&c, NOW)),
-        format!("{:?}", s.grant("g-same").await.unwrap().unwrap())
+        format!("{:?}", new_grant().grant_from(&code("g-code1"), NOW)),
+        format!("{g:?}")
     );
-    s.revoke_grant("g-same", NOW).await.unwrap();
-
-    // A code whose client was deleted (issued from a server's cached copy) makes no grant.
-    let mut orphan = code("code-orphan");
-    orphan.client_id = "deleted-client".into();
-    s.insert_code(&orphan).await.unwrap();
-    assert!(matches!(
-        s.redeem_code("code-orphan", &new_grant("g-orphan"), NOW)
+    // A second redemption, even once the grant is revoked, finds it (RFC 9700 §4.2.4)
+    // and changes nothing.
+    s.revoke_grant("g-code1", NOW).await.unwrap();
+    assert_eq!(
+        s.redeem_code(&code("g-code1"), &new_grant(), NOW + 30)
             .await
             .unwrap(),
-        Redemption::NotFound
-    ));
-    assert!(s.grant("g-orphan").await.unwrap().is_none());
+        Redemption::AlreadyRedeemed
+    );
+    let again = s.grant("g-code1").await.unwrap().unwrap();
+    assert_eq!((again.created_at, again.revoked_at), (NOW, Some(NOW)));
 
-    // REL-01: of many racing redemptions exactly one wins.
-    s.insert_code(&code("race")).await.unwrap();
+    // A code whose client or user was deleted (issued from a server's cached copy)
+    // makes no grant.
+    let mut orphan = code("g-orphan-client");
+    orphan.client_id = "deleted-client".into();
+    assert_eq!(
+        s.redeem_code(&orphan, &new_grant(), NOW).await.unwrap(),
+        Redemption::Orphaned
+    );
+    assert!(s.grant("g-orphan-client").await.unwrap().is_none());
+    let mut orphan = code("g-orphan-user");
+    orphan.user_id = "deleted-user".into();
+    assert_eq!(
+        s.redeem_code(&orphan, &new_grant(), NOW).await.unwrap(),
+        Redemption::Orphaned
+    );
+    assert!(s.grant("g-orphan-user").await.unwrap().is_none());
+
+    // REL-01: of many racing redemptions exactly one wins, and every loser, even one
+    // that raced the winner's commit, sees the winner's grant (so that reuse revokes
+    // it).
     let mut tasks = Vec::new();
-    for i in 0..8 {
+    for _ in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.redeem_code("race", &new_grant(&format!("g-race-{i}")), NOW)
+            s.redeem_code(&code("g-race"), &new_grant(), NOW)
                 .await
                 .unwrap()
         }));
     }
-    let mut winners = 0;
-    let mut losers_saw = Vec::new();
+    let mut outcomes = Vec::new();
     for t in tasks {
-        match t.await.unwrap() {
-            Redemption::Redeemed(_) => winners += 1,
-            Redemption::AlreadyRedeemed { grant_id } => losers_saw.push(grant_id),
-            Redemption::NotFound => panic!("a losing redemption did not see the winner's"),
-        }
+        outcomes.push(t.await.unwrap());
     }
-    assert_eq!(winners, 1);
-    // Every loser names the winner's grant, so that reuse revokes it (RFC 9700
-    // §4.2.4), even when it raced the winner's commit.
-    let winner_grant = (0..8).map(|i| format!("g-race-{i}")).find(|g| {
-        losers_saw
-            .first()
-            .is_some_and(|seen| seen.as_deref() == Some(g.as_str()))
-    });
-    assert!(winner_grant.is_some(), "{losers_saw:?}");
+    let won = outcomes
+        .iter()
+        .filter(|o| **o == Redemption::Redeemed)
+        .count();
+    assert_eq!(won, 1, "{outcomes:?}");
     assert!(
-        losers_saw.iter().all(|g| *g == winner_grant),
-        "{losers_saw:?}"
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Redemption::Redeemed | Redemption::AlreadyRedeemed)),
+        "{outcomes:?}"
     );
-    let mut made = 0;
-    for i in 0..8 {
-        if s.grant(&format!("g-race-{i}")).await.unwrap().is_some() {
-            made += 1;
-            s.revoke_grant(&format!("g-race-{i}"), NOW).await.unwrap();
-        }
-    }
-    assert_eq!(made, 1, "only the winning redemption made a grant");
+    s.revoke_grant("g-race", NOW).await.unwrap();
 }
 
 async fn grants(s: Arc<dyn Store>) {
@@ -742,14 +714,26 @@ async fn feed_and_bulk_revocation(s: &dyn Store) {
 
 async fn sweeping(s: &dyn Store) {
     for i in 0..5 {
-        let mut c = code(&format!("old-{i}"));
-        c.expires_at = NOW - 1;
-        s.insert_code(&c).await.unwrap();
+        s.create_session(&Session {
+            session_hash: format!("sweep-old-{i}"),
+            user_id: "u1".into(),
+            auth_time: NOW - 100,
+            expires_at: NOW - 1,
+        })
+        .await
+        .unwrap();
     }
-    s.insert_code(&code("fresh")).await.unwrap();
+    s.create_session(&Session {
+        session_hash: "sweep-fresh".into(),
+        user_id: "u1".into(),
+        auth_time: NOW,
+        expires_at: NOW + 100,
+    })
+    .await
+    .unwrap();
     let before = s.row_counts().await.unwrap();
     let count = |rows: &[(&str, i64)], t: &str| rows.iter().find(|(n, _)| *n == t).unwrap().1;
-    // Batches of 2: three sweeps clear the five expired codes, the fresh one stays.
+    // Batches of 2: three sweeps clear the five expired sessions, the fresh one stays.
     let mut swept = SweepReport::default();
     for _ in 0..3 {
         let r = s
@@ -757,19 +741,16 @@ async fn sweeping(s: &dyn Store) {
             .await
             .unwrap()
             .expect("no other sweeper");
-        assert!(r.codes <= 2);
-        swept.codes += r.codes;
+        assert!(r.sessions <= 2);
+        swept.sessions += r.sessions;
     }
-    assert!(swept.codes >= 5, "{swept:?}");
+    assert!(swept.sessions >= 5, "{swept:?}");
     let after = s.row_counts().await.unwrap();
     assert_eq!(
-        count(&after, "codes"),
-        count(&before, "codes") - i64::try_from(swept.codes).unwrap()
+        count(&after, "sessions"),
+        count(&before, "sessions") - i64::try_from(swept.sessions).unwrap()
     );
-    assert!(matches!(
-        s.redeem_code("fresh", &new_grant("gx"), NOW).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
+    assert!(s.session("sweep-fresh", NOW).await.unwrap().is_some());
     // Revoked grants and feed entries go once the horizon passes them.
     let r = s.sweep(NOW, NOW + 10, 1000).await.unwrap().unwrap();
     assert!(r.grants >= 3 && r.revocations >= 3, "{r:?}");
@@ -962,7 +943,15 @@ async fn sqlite_wal_stays_bounded_under_steady_writes() {
     let mut largest = [0u64; 6];
     let commits = 45_000;
     for n in 0..commits {
-        store.insert_code(&code(&format!("wal-{n}"))).await.unwrap();
+        store
+            .create_session(&Session {
+                session_hash: format!("wal-{n}"),
+                user_id: "u1".into(),
+                auth_time: NOW,
+                expires_at: NOW + 60,
+            })
+            .await
+            .unwrap();
         if n % 250 == 0 {
             let span = &mut largest[n * largest.len() / commits];
             *span = (*span).max(wal_len());

@@ -23,7 +23,7 @@ use latchkey_core::model::{AuthorizationCode, Session, User, normalize_username}
 use latchkey_core::params::Params;
 use latchkey_core::redirect_uri::with_query;
 use latchkey_core::scope;
-use latchkey_core::secret::{code_key, ct_eq, digest};
+use latchkey_core::secret::{ct_eq, digest};
 use serde::Deserialize;
 
 use super::pages::{ConsentPage, LoginPage, error_page, render};
@@ -284,11 +284,11 @@ async fn issue_code(
     session: &Session,
     user: &User,
 ) -> Result<Response, Failure> {
-    let code = state
-        .new_code()
-        .map_err(|e| Failure::Page(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let now = state.now();
     let record = AuthorizationCode {
-        code_hash: code_key(&code),
+        grant_id: state
+            .new_grant_id()
+            .map_err(|e| Failure::Page(StatusCode::INTERNAL_SERVER_ERROR, e))?,
         client_id: req.client_id.clone(),
         user_id: user.user_id.clone(),
         session_hash: Some(session.session_hash.clone()),
@@ -297,10 +297,17 @@ async fn issue_code(
         nonce: req.nonce.clone(),
         code_challenge: req.code_challenge.clone(),
         auth_time: session.auth_time,
-        expires_at: state.now() + state.config.code_ttl,
+        expires_at: now + state.config.code_ttl,
         resource: req.resource.clone(),
     };
-    state.store.insert_code(&record).await?;
+    // Nothing is stored: the code carries the request, sealed (latchkey_core::code).
+    let code = state.codes.seal(&record).map_err(|e| {
+        tracing::error!(error = %e, "sealing an authorization code failed");
+        Failure::Page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            latchkey_core::OAuthError::server_error(),
+        )
+    })?;
     let mut params = vec![("code", code.as_str())];
     if let Some(s) = &req.state {
         params.push(("state", s));

@@ -12,7 +12,7 @@ use latchkey_core::jose::{Alg, at_hash};
 use latchkey_core::model::{Grant, User};
 use latchkey_core::pkce::PkceVerified;
 use latchkey_core::scope::Scope;
-use latchkey_core::secret::{code_key, digest, digest_matches};
+use latchkey_core::secret::{digest, digest_matches};
 use latchkey_core::token::{RefreshToken, TokenRequest, check_code_redemption};
 use latchkey_core::{OAuthError, UnixTime};
 use latchkey_store::{CurrentRefresh, NewGrant, Redemption};
@@ -132,10 +132,24 @@ async fn redeem_code(
     resource: Option<&str>,
 ) -> Result<TokenResponse, OAuthError> {
     let now = state.now();
-    let grant_id = new_grant_id(state)?;
+    let invalid = || OAuthError::invalid_grant("the code is not valid");
+    let stored = state.codes.open(code).ok_or_else(invalid)?;
+    if now >= stored.expires_at {
+        // Never redeemed past its life; but if it was redeemed while it lived, this is
+        // a reuse all the same (RFC 9700 §4.2.4), and revokes what it made.
+        let made = state
+            .store
+            .grant(&stored.grant_id)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        if made.is_some_and(|g| g.revoked_at.is_none()) {
+            revoke_reused(state, &stored.grant_id, now).await?;
+        }
+        return Err(OAuthError::invalid_grant("the code has expired"));
+    }
     let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
         Some(RefreshToken {
-            grant_id: grant_id.clone(),
+            grant_id: stored.grant_id.clone(),
             generation: 1,
             secret: state.random_token()?,
         })
@@ -143,33 +157,24 @@ async fn redeem_code(
         None
     };
     let new_grant = NewGrant {
-        grant_id: grant_id.clone(),
         refresh_generation: if refresh_token.is_some() { 1 } else { 0 },
         refresh_hash: refresh_token.as_ref().map(|t| digest(&t.secret)),
         expires_at: now + state.config.refresh_ttl.min(state.config.refresh_idle_ttl),
     };
-    let stored = match state
+    match state
         .store
-        .redeem_code(&code_key(code), &new_grant, now)
+        .redeem_code(&stored, &new_grant, now)
         .await
         .map_err(|e| store_failure(&e))?
     {
-        Redemption::Redeemed(c) => c,
-        Redemption::AlreadyRedeemed { grant_id } => {
-            // RFC 9700 §4.2.4 / BCP-22: a code used twice revokes what the first use
-            // made. The grant was committed with the code's consumption, so it exists.
-            if let Some(g) = grant_id {
-                state
-                    .store
-                    .revoke_grant(&g, now)
-                    .await
-                    .map_err(|e| store_failure(&e))?;
-                tracing::warn!(event = "code_reuse", grant_id = %g, "authorization code reused; grant revoked");
-            }
+        Redemption::Redeemed => {}
+        Redemption::AlreadyRedeemed => {
+            // RFC 9700 §4.2.4 / BCP-22: a code used twice revokes what the first use made.
+            revoke_reused(state, &stored.grant_id, now).await?;
             return Err(OAuthError::invalid_grant("the code was already used"));
         }
-        Redemption::NotFound => return Err(OAuthError::invalid_grant("the code is not valid")),
-    };
+        Redemption::Orphaned => return Err(invalid()),
+    }
     // From here on a failed check must also kill the grant the redemption made: no
     // token was issued from it, and none ever will be.
     let checked = check_redemption(
@@ -187,7 +192,7 @@ async fn redeem_code(
         Err(e) => {
             state
                 .store
-                .revoke_grant(&grant_id, now)
+                .revoke_grant(&stored.grant_id, now)
                 .await
                 .map_err(|e| store_failure(&e))?;
             return Err(e);
@@ -204,6 +209,17 @@ async fn redeem_code(
         Some(&pkce),
         true,
     )
+}
+
+/// Revokes the grant a reused code made (RFC 9700 §4.2.4, BCP-22, TM-10).
+async fn revoke_reused(state: &AppState, grant_id: &str, now: i64) -> Result<(), OAuthError> {
+    state
+        .store
+        .revoke_grant(grant_id, now)
+        .await
+        .map_err(|e| store_failure(&e))?;
+    tracing::warn!(event = "code_reuse", grant_id = %grant_id, "authorization code reused; grant revoked");
+    Ok(())
 }
 
 /// RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707 §2.2: the checks on a consumed code.
@@ -564,15 +580,6 @@ async fn active_user(state: &AppState, user_id: &str) -> Result<Arc<User>, OAuth
 /// to the last page of the primary-key index instead of dirtying a random one (one
 /// WAL frame fewer per code flow); the random part keeps ids unguessable. The time
 /// is no secret: every token of the grant carries `auth_time` and `iat`.
-fn new_grant_id(state: &AppState) -> Result<String, OAuthError> {
-    let mut bytes = [0u8; 16];
-    let second = u64::try_from(state.now()).unwrap_or(0).to_be_bytes();
-    bytes[..5].copy_from_slice(&second[3..]);
-    aws_lc_rs::rand::SecureRandom::fill(&state.rng, &mut bytes[5..])
-        .map_err(|_| OAuthError::server_error())?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Where a presented refresh token stands in its grant's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RefreshStanding {

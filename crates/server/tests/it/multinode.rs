@@ -1343,7 +1343,7 @@ async fn storage_rows_do_not_grow_per_token(backend: Backend, db: Option<&FreshD
     const CC_TOKENS: usize = 10_000;
     const CONCURRENCY: usize = 16;
     const REFRESHES: i64 = 1_000;
-    // No sweep during the test: it would remove the redeemed code when it expires.
+    // No sweep during the test: it would remove an expired session.
     let node = Node::start(
         "node",
         &backend,
@@ -1371,7 +1371,8 @@ async fn storage_rows_do_not_grow_per_token(backend: Backend, db: Option<&FreshD
     assert_eq!(count(&before, "grants"), 1, "{before:?}");
     assert_eq!(count(&before, "clients"), 1, "{before:?}");
     assert_eq!(count(&before, "users"), 1, "{before:?}");
-    assert_eq!(count(&before, "codes"), 1, "{before:?}");
+    // A code is sealed, not stored: the flow wrote its grant and the session only.
+    assert_eq!(count(&before, "sessions"), 1, "{before:?}");
     let pg_before = db.map(|d| pg_table_counts(&d.url));
     if let Some(pg) = &pg_before {
         // row_counts covers every table the schema has.

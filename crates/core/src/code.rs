@@ -1,0 +1,293 @@
+//! Authorization codes that carry their own request (RFC 6749 §4.1.2).
+//!
+//! A code is the authorization it answers (client, user, session, redirect URI, scope,
+//! nonce, PKCE challenge, resource, times), sealed with AES-256-GCM-SIV under a key only
+//! the servers hold, so issuing one writes nothing. What makes a code single-use is
+//! the grant it yields, which the code names: redeeming it inserts that grant, and a
+//! second redemption finds the grant already there and revokes it (the store's
+//! `redeem_code`, one conditional statement: REL-01, RFC 9700 §4.2.4). State stays
+//! per grant (DESIGN §1): an authorization writes one row, when it is redeemed.
+//!
+//! To the client and to everything a code passes through (the browser's history, a
+//! proxy's log) it is opaque: the user id, session and nonce inside cannot be read,
+//! and without the key no code can be made or altered (TM-05: nothing in the database
+//! redeems one; TM-17: a forged code is refused by one AEAD open, no store access).
+//!
+//! Layout, base64url without padding:
+//! `version (1) ‖ id (16: the creation second, 5 bytes big-endian, then 11 random
+//! bytes) ‖ ciphertext ‖ tag (16)`. The version and id are the associated data; the
+//! grant the code yields is the id in hex ([`new_grant_id`]'s shape), so a new grant
+//! sorts after older ones in the grants' primary key.
+
+use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::rand::SecureRandom;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::model::AuthorizationCode;
+use crate::pkce::CodeChallenge;
+use crate::scope::Scope;
+
+const VERSION: u8 = 1;
+/// Bytes of a grant id: the creation second (5) and 88 random bits.
+const ID_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + ID_LEN;
+const TAG_LEN: usize = 16;
+/// No code this server issues comes near this (a few hundred characters): anything
+/// longer is refused before it is decoded, so a refusal costs the same for any input.
+pub const MAX_CODE_LEN: usize = 4096;
+/// What the sealing key is derived from the server's MAC key for.
+const KEY_PURPOSE: &[u8] = b"latchkey authorization code sealing key v1";
+
+/// A new grant id: the creation second (5 bytes, big-endian) and 88 random bits, in
+/// hex (32 characters). The second comes first so that a new grant appends to the
+/// grants' primary-key index instead of landing on a random page of it.
+pub fn new_grant_id(rng: &dyn SecureRandom, now: i64) -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut id = [0u8; ID_LEN];
+    id[..5].copy_from_slice(&u64::try_from(now).unwrap_or(0).to_be_bytes()[3..]);
+    rng.fill(&mut id[5..])?;
+    Ok(hex(&id))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+fn unhex(text: &str) -> Option<[u8; ID_LEN]> {
+    let raw = text.as_bytes();
+    if raw.len() != 2 * ID_LEN {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let mut out = [0u8; ID_LEN];
+    for (i, pair) in raw.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodeError {
+    #[error("the code's grant id is not a new_grant_id")]
+    BadGrantId,
+    #[error("sealing the code failed")]
+    Seal,
+    #[error("the code sealing key could not be made")]
+    Key,
+}
+
+/// Seals and opens authorization codes. Every node derives the same key from the
+/// server-wide MAC key, so a code issued by one node is redeemed at any other.
+pub struct CodeSealer(LessSafeKey);
+
+impl std::fmt::Debug for CodeSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeSealer(..)")
+    }
+}
+
+/// The sealed part, as a JSON array (short: a code travels in a redirect URI).
+type Body = (
+    String,         // client_id
+    String,         // user_id
+    Option<String>, // session_hash
+    String,         // redirect_uri
+    String,         // scope
+    Option<String>, // nonce
+    String,         // code_challenge
+    i64,            // auth_time
+    i64,            // expires_at
+    Option<String>, // resource
+);
+
+impl CodeSealer {
+    /// The sealer whose key is HMAC-SHA256(`mac_key`, purpose): a key of its own, so
+    /// no MAC the server makes with `mac_key` is ever a code key and the reverse.
+    pub fn from_mac_key(mac_key: &[u8]) -> Result<CodeSealer, CodeError> {
+        let derived = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, mac_key),
+            KEY_PURPOSE,
+        );
+        let key = UnboundKey::new(&AES_256_GCM_SIV, derived.as_ref()).map_err(|_| CodeError::Key)?;
+        Ok(CodeSealer(LessSafeKey::new(key)))
+    }
+
+    /// The code for `code`, whose `grant_id` must come from [`new_grant_id`].
+    pub fn seal(&self, code: &AuthorizationCode) -> Result<String, CodeError> {
+        let id = unhex(&code.grant_id).ok_or(CodeError::BadGrantId)?;
+        let body: Body = (
+            code.client_id.clone(),
+            code.user_id.clone(),
+            code.session_hash.clone(),
+            code.redirect_uri.clone(),
+            code.scope.to_string(),
+            code.nonce.clone(),
+            code.code_challenge.as_str().to_owned(),
+            code.auth_time,
+            code.expires_at,
+            code.resource.clone(),
+        );
+        let mut out = Vec::with_capacity(HEADER_LEN + 256);
+        out.push(VERSION);
+        out.extend_from_slice(&id);
+        serde_json::to_writer(&mut out, &body).map_err(|_| CodeError::Seal)?;
+        let (header, body) = out.split_at_mut(HEADER_LEN);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(nonce(&id), Aad::from(&*header), body)
+            .map_err(|_| CodeError::Seal)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// What `text` was sealed from, or `None` for anything this server did not issue
+    /// or that was altered. Expiry and the other checks of a redemption are the
+    /// caller's ([`crate::token::check_code_redemption`]).
+    pub fn open(&self, text: &str) -> Option<AuthorizationCode> {
+        if text.len() > MAX_CODE_LEN {
+            return None;
+        }
+        let mut raw = URL_SAFE_NO_PAD.decode(text).ok()?;
+        if raw.len() < HEADER_LEN + TAG_LEN || raw[0] != VERSION {
+            return None;
+        }
+        let (header, sealed) = raw.split_at_mut(HEADER_LEN);
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&header[1..]);
+        let plain = self
+            .0
+            .open_in_place(nonce(&id), Aad::from(&*header), sealed)
+            .ok()?;
+        let body: Body = serde_json::from_slice(plain).ok()?;
+        let (
+            client_id,
+            user_id,
+            session_hash,
+            redirect_uri,
+            scope,
+            nonce,
+            challenge,
+            auth_time,
+            expires_at,
+            resource,
+        ) = body;
+        Some(AuthorizationCode {
+            grant_id: hex(&id),
+            client_id,
+            user_id,
+            session_hash,
+            redirect_uri,
+            scope: Scope::parse(&scope).ok()?,
+            nonce,
+            code_challenge: CodeChallenge::from_stored(challenge),
+            auth_time,
+            expires_at,
+            resource,
+        })
+    }
+}
+
+/// The AEAD nonce: the id's last 12 bytes (the low byte of the second and the 88
+/// random bits). GCM-SIV stays safe even if two codes shared one: it would show only
+/// that their plaintexts were equal, and no two codes' plaintexts are.
+fn nonce(id: &[u8; ID_LEN]) -> Nonce {
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(&id[ID_LEN - NONCE_LEN..]);
+    Nonce::assume_unique_for_key(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::rand::SystemRandom;
+
+    fn sample(rng: &SystemRandom, now: i64) -> AuthorizationCode {
+        AuthorizationCode {
+            grant_id: new_grant_id(rng, now).unwrap(),
+            client_id: "client-1".into(),
+            user_id: "user-1".into(),
+            session_hash: Some("session-hash".into()),
+            redirect_uri: "https://app.example/cb?x=1".into(),
+            scope: Scope::parse("openid profile").unwrap(),
+            nonce: Some("n-0S6_WzA2Mj".into()),
+            code_challenge: CodeChallenge::from_stored(
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+            ),
+            auth_time: now - 5,
+            expires_at: now + 60,
+            resource: None,
+        }
+    }
+
+    #[test]
+    fn a_sealed_code_opens_to_what_was_sealed() {
+        let rng = SystemRandom::new();
+        let sealer = CodeSealer::from_mac_key(b"a server mac key of some length").unwrap();
+        let code = sample(&rng, 1_800_000_000);
+        let text = sealer.seal(&code).unwrap();
+        let opened = sealer.open(&text).unwrap();
+        assert_eq!(opened.grant_id, code.grant_id);
+        assert_eq!(opened.client_id, code.client_id);
+        assert_eq!(opened.user_id, code.user_id);
+        assert_eq!(opened.session_hash, code.session_hash);
+        assert_eq!(opened.redirect_uri, code.redirect_uri);
+        assert_eq!(opened.scope, code.scope);
+        assert_eq!(opened.nonce, code.nonce);
+        assert_eq!(opened.code_challenge.as_str(), code.code_challenge.as_str());
+        assert_eq!((opened.auth_time, opened.expires_at), (code.auth_time, code.expires_at));
+        assert_eq!(opened.resource, None);
+        // Opaque: nothing of the request is readable in the code.
+        for secret in ["user-1", "session-hash", "n-0S6_WzA2Mj", "app.example"] {
+            let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
+            assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret}");
+        }
+        assert!(text.len() < 400, "{}", text.len());
+    }
+
+    #[test]
+    fn altered_foreign_or_malformed_codes_do_not_open() {
+        let rng = SystemRandom::new();
+        let sealer = CodeSealer::from_mac_key(b"key one").unwrap();
+        let text = sealer.seal(&sample(&rng, 1_800_000_000)).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
+        // Every single flipped bit, in the header (the grant id), body and tag.
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x01;
+            assert!(sealer.open(&URL_SAFE_NO_PAD.encode(&bad)).is_none(), "byte {i}");
+        }
+        assert!(CodeSealer::from_mac_key(b"key two").unwrap().open(&text).is_none());
+        for junk in [
+            "",
+            "abc",
+            "!!!!",
+            &text[..text.len() - 1],
+            &format!("{text}A"),
+            &"A".repeat(MAX_CODE_LEN + 4),
+        ] {
+            assert!(sealer.open(junk).is_none(), "{junk:.20}");
+        }
+    }
+
+    #[test]
+    fn codes_are_distinct_and_name_grants_in_creation_order() {
+        let rng = SystemRandom::new();
+        let sealer = CodeSealer::from_mac_key(b"k").unwrap();
+        let early = sample(&rng, 1_800_000_000);
+        let late = sample(&rng, 1_800_000_001);
+        assert!(early.grant_id < late.grant_id);
+        assert!(early.grant_id.starts_with("006b49d200"), "{}", early.grant_id);
+        let a = sealer.seal(&early).unwrap();
+        let b = sealer.seal(&sample(&rng, 1_800_000_000)).unwrap();
+        assert_ne!(a, b);
+        let mut bad_id = early.clone();
+        bad_id.grant_id = "not-hex".into();
+        assert_eq!(sealer.seal(&bad_id).unwrap_err(), CodeError::BadGrantId);
+    }
+}
