@@ -42,7 +42,10 @@ const KEY_PURPOSE: &[u8] = b"latchkey authorization code sealing key v1";
 /// A new grant id: the creation second (5 bytes, big-endian) and 88 random bits, in
 /// hex (32 characters). The second comes first so that a new grant appends to the
 /// grants' primary-key index instead of landing on a random page of it.
-pub fn new_grant_id(rng: &dyn SecureRandom, now: i64) -> Result<String, aws_lc_rs::error::Unspecified> {
+pub fn new_grant_id(
+    rng: &dyn SecureRandom,
+    now: i64,
+) -> Result<String, aws_lc_rs::error::Unspecified> {
     let mut id = [0u8; ID_LEN];
     id[..5].copy_from_slice(&u64::try_from(now).unwrap_or(0).to_be_bytes()[3..]);
     rng.fill(&mut id[5..])?;
@@ -64,7 +67,11 @@ fn unhex(text: &str) -> Option<[u8; ID_LEN]> {
     if raw.len() != 2 * ID_LEN {
         return None;
     }
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = [0u8; ID_LEN];
     for (i, pair) in raw.chunks_exact(2).enumerate() {
         out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
@@ -114,7 +121,8 @@ impl CodeSealer {
             &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, mac_key),
             KEY_PURPOSE,
         );
-        let key = UnboundKey::new(&AES_256_GCM_SIV, derived.as_ref()).map_err(|_| CodeError::Key)?;
+        let key =
+            UnboundKey::new(&AES_256_GCM_SIV, derived.as_ref()).map_err(|_| CodeError::Key)?;
         Ok(CodeSealer(LessSafeKey::new(key)))
     }
 
@@ -240,12 +248,18 @@ mod tests {
         assert_eq!(opened.scope, code.scope);
         assert_eq!(opened.nonce, code.nonce);
         assert_eq!(opened.code_challenge.as_str(), code.code_challenge.as_str());
-        assert_eq!((opened.auth_time, opened.expires_at), (code.auth_time, code.expires_at));
+        assert_eq!(
+            (opened.auth_time, opened.expires_at),
+            (code.auth_time, code.expires_at)
+        );
         assert_eq!(opened.resource, None);
         // Opaque: nothing of the request is readable in the code.
         for secret in ["user-1", "session-hash", "n-0S6_WzA2Mj", "app.example"] {
             let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
-            assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret}");
+            assert!(
+                !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret}"
+            );
         }
         assert!(text.len() < 400, "{}", text.len());
     }
@@ -260,9 +274,17 @@ mod tests {
         for i in 0..raw.len() {
             let mut bad = raw.clone();
             bad[i] ^= 0x01;
-            assert!(sealer.open(&URL_SAFE_NO_PAD.encode(&bad)).is_none(), "byte {i}");
+            assert!(
+                sealer.open(&URL_SAFE_NO_PAD.encode(&bad)).is_none(),
+                "byte {i}"
+            );
         }
-        assert!(CodeSealer::from_mac_key(b"key two").unwrap().open(&text).is_none());
+        assert!(
+            CodeSealer::from_mac_key(b"key two")
+                .unwrap()
+                .open(&text)
+                .is_none()
+        );
         for junk in [
             "",
             "abc",
@@ -282,7 +304,11 @@ mod tests {
         let early = sample(&rng, 1_800_000_000);
         let late = sample(&rng, 1_800_000_001);
         assert!(early.grant_id < late.grant_id);
-        assert!(early.grant_id.starts_with("006b49d200"), "{}", early.grant_id);
+        assert!(
+            early.grant_id.starts_with("006b49d200"),
+            "{}",
+            early.grant_id
+        );
         let a = sealer.seal(&early).unwrap();
         let b = sealer.seal(&sample(&rng, 1_800_000_000)).unwrap();
         assert_ne!(a, b);

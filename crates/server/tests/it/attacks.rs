@@ -1284,6 +1284,23 @@ async fn attacks_codes() {
         .await
         .expect("setup: a code");
     let expiring_issued = Instant::now();
+    // Redeemed at once, presented again once its lifetime is over.
+    let late_req = Authz::new(&app.id, REDIRECT_URI, "late-reuse");
+    let late_first = async {
+        let code = code_via(&server, &browser, &late_req, "alice").await?;
+        let first = tokens(
+            &redeem_at(
+                &server,
+                &app,
+                &code,
+                Some(REDIRECT_URI),
+                Some(&late_req.verifier),
+            )
+            .await?,
+        )?;
+        Ok::<_, String>((code, first))
+    }
+    .await;
 
     let fresh =
         |client: &TestClient, redirect: &str, state: &str| Authz::new(&client.id, redirect, state);
@@ -1517,6 +1534,28 @@ async fn attacks_codes() {
             )
             .await?;
             check_token(&a, Tok::Err(400, "invalid_grant"))
+        }
+        .await,
+    );
+    report.case(
+        "BCP-22 a redeemed code presented again after code_ttl is invalid_grant and revokes its grant",
+        async {
+            let (code, first) = late_first?;
+            let a = redeem_at(
+                &server,
+                &app,
+                &code,
+                Some(REDIRECT_URI),
+                Some(&late_req.verifier),
+            )
+            .await?;
+            check_token(&a, Tok::Err(400, "invalid_grant"))?;
+            let v = introspect(&server, &app, &first.access).await?;
+            ensure!(
+                v == serde_json::json!({"active": false}),
+                "introspection of the first access token said {v}"
+            );
+            Ok(())
         }
         .await,
     );
