@@ -33,9 +33,17 @@ const VERSION: u8 = 1;
 const ID_LEN: usize = 16;
 const HEADER_LEN: usize = 1 + ID_LEN;
 const TAG_LEN: usize = 16;
-/// No code this server issues comes near this (a few hundred characters): anything
-/// longer is refused before it is decoded, so a refusal costs the same for any input.
-pub const MAX_CODE_LEN: usize = 4096;
+/// The longest code: what the longest authorization request the server accepts seals
+/// to (a nonce and a resource of [`crate::params::MAX_PARAM_LEN`], a redirect URI of
+/// [`crate::redirect_uri::MAX_REDIRECT_URI_LEN`], a scope of
+/// [`crate::scope::MAX_SCOPE_LEN`], and room for the ids), in base64url. A code this
+/// size would need a 4 KiB nonce; a usual one is 200 to 300 characters. Longer input
+/// is refused before it is decoded, so a refusal costs little whatever is sent.
+pub const MAX_CODE_LEN: usize = (HEADER_LEN + MAX_BODY_LEN + TAG_LEN).div_ceil(3) * 4;
+const MAX_BODY_LEN: usize = 2 * crate::params::MAX_PARAM_LEN
+    + crate::redirect_uri::MAX_REDIRECT_URI_LEN
+    + crate::scope::MAX_SCOPE_LEN
+    + 1024;
 /// What the sealing key is derived from the server's MAC key for.
 const KEY_PURPOSE: &[u8] = b"latchkey authorization code sealing key v1";
 
@@ -85,6 +93,8 @@ pub enum CodeError {
     BadGrantId,
     #[error("sealing the code failed")]
     Seal,
+    #[error("the authorization request is too long to seal into a code")]
+    TooLong,
     #[error("the code sealing key could not be made")]
     Key,
 }
@@ -98,20 +108,6 @@ impl std::fmt::Debug for CodeSealer {
         f.write_str("CodeSealer(..)")
     }
 }
-
-/// The sealed part, as a JSON array (short: a code travels in a redirect URI).
-type Body = (
-    String,         // client_id
-    String,         // user_id
-    Option<String>, // session_hash
-    String,         // redirect_uri
-    String,         // scope
-    Option<String>, // nonce
-    String,         // code_challenge
-    i64,            // auth_time
-    i64,            // expires_at
-    Option<String>, // resource
-);
 
 impl CodeSealer {
     /// The sealer whose key is HMAC-SHA256(`mac_key`, purpose): a key of its own, so
@@ -129,22 +125,24 @@ impl CodeSealer {
     /// The code for `code`, whose `grant_id` must come from [`new_grant_id`].
     pub fn seal(&self, code: &AuthorizationCode) -> Result<String, CodeError> {
         let id = unhex(&code.grant_id).ok_or(CodeError::BadGrantId)?;
-        let body: Body = (
-            code.client_id.clone(),
-            code.user_id.clone(),
-            code.session_hash.clone(),
-            code.redirect_uri.clone(),
-            code.scope.to_string(),
-            code.nonce.clone(),
-            code.code_challenge.as_str().to_owned(),
-            code.auth_time,
-            code.expires_at,
-            code.resource.clone(),
-        );
-        let mut out = Vec::with_capacity(HEADER_LEN + 256);
+        let scope = code.scope.to_string();
+        let mut out = Vec::with_capacity(HEADER_LEN + 320);
         out.push(VERSION);
         out.extend_from_slice(&id);
-        serde_json::to_writer(&mut out, &body).map_err(|_| CodeError::Seal)?;
+        let mut w = Writer(&mut out);
+        w.text(Some(&code.client_id));
+        w.text(Some(&code.user_id));
+        w.text(code.session_hash.as_deref());
+        w.text(Some(&code.redirect_uri));
+        w.text(Some(&scope));
+        w.text(code.nonce.as_deref());
+        w.text(Some(code.code_challenge.as_str()));
+        w.int(code.auth_time);
+        w.int(code.expires_at);
+        w.text(code.resource.as_deref());
+        if out.len() > HEADER_LEN + MAX_BODY_LEN {
+            return Err(CodeError::TooLong);
+        }
         let (header, body) = out.split_at_mut(HEADER_LEN);
         let tag = self
             .0
@@ -172,32 +170,69 @@ impl CodeSealer {
             .0
             .open_in_place(nonce(&id), Aad::from(&*header), sealed)
             .ok()?;
-        let body: Body = serde_json::from_slice(plain).ok()?;
-        let (
-            client_id,
-            user_id,
-            session_hash,
-            redirect_uri,
-            scope,
-            nonce,
-            challenge,
-            auth_time,
-            expires_at,
-            resource,
-        ) = body;
-        Some(AuthorizationCode {
+        let mut r = Reader(plain);
+        let code = AuthorizationCode {
             grant_id: hex(&id),
-            client_id,
-            user_id,
-            session_hash,
-            redirect_uri,
-            scope: Scope::parse(&scope).ok()?,
-            nonce,
-            code_challenge: CodeChallenge::from_stored(challenge),
-            auth_time,
-            expires_at,
-            resource,
-        })
+            client_id: r.text()??,
+            user_id: r.text()??,
+            session_hash: r.text()?,
+            redirect_uri: r.text()??,
+            scope: Scope::parse(&r.text()??).ok()?,
+            nonce: r.text()?,
+            code_challenge: CodeChallenge::from_stored(r.text()??),
+            auth_time: r.int()?,
+            expires_at: r.int()?,
+            resource: r.text()?,
+        };
+        r.0.is_empty().then_some(code)
+    }
+}
+
+/// The sealed body: each text as a 2-byte big-endian length and its UTF-8 bytes
+/// ([`ABSENT`] for none), each time as 8 bytes big-endian. No escaping, so a code
+/// grows with its request byte for byte.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+/// The length that marks an absent text.
+const ABSENT: u16 = u16::MAX;
+
+impl Writer<'_> {
+    fn text(&mut self, value: Option<&str>) {
+        // Longer than a code may hold anyway; `seal` refuses the result.
+        let len = value.map_or(ABSENT, |v| u16::try_from(v.len()).unwrap_or(ABSENT - 1));
+        self.0.extend_from_slice(&len.to_be_bytes());
+        if let Some(v) = value {
+            self.0
+                .extend_from_slice(&v.as_bytes()[..usize::from(len).min(v.len())]);
+        }
+    }
+
+    fn int(&mut self, value: i64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// `None` if the body is malformed; `Some(None)` for an absent text.
+    fn text(&mut self) -> Option<Option<String>> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().ok()?);
+        if len == ABSENT {
+            return Some(None);
+        }
+        let bytes = self.take(usize::from(len))?;
+        Some(Some(std::str::from_utf8(bytes).ok()?.to_owned()))
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 
@@ -261,7 +296,28 @@ mod tests {
                 "{secret}"
             );
         }
-        assert!(text.len() < 400, "{}", text.len());
+        assert!(text.len() < 300, "{}", text.len());
+    }
+
+    #[test]
+    fn the_longest_request_seals_into_a_code_that_opens() {
+        let rng = SystemRandom::new();
+        let sealer = CodeSealer::from_mac_key(b"k").unwrap();
+        let mut code = sample(&rng, 1_800_000_000);
+        // Characters JSON would have escaped travel as they are.
+        code.nonce = Some("\"\u{1}é".repeat(crate::params::MAX_PARAM_LEN / 5));
+        code.resource = Some(format!("https://api.example/{}", "r".repeat(4000)));
+        code.redirect_uri = format!("https://app.example/{}", "p".repeat(2000));
+        let text = sealer.seal(&code).unwrap();
+        assert!(text.len() <= MAX_CODE_LEN, "{}", text.len());
+        let opened = sealer.open(&text).unwrap();
+        assert_eq!(opened.nonce, code.nonce);
+        assert_eq!(opened.resource, code.resource);
+        assert_eq!(opened.redirect_uri, code.redirect_uri);
+        // Beyond what any request may hold, sealing refuses rather than making a
+        // code that would not open.
+        code.nonce = Some("n".repeat(3 * MAX_BODY_LEN));
+        assert_eq!(sealer.seal(&code).unwrap_err(), CodeError::TooLong);
     }
 
     #[test]

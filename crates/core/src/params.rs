@@ -37,7 +37,7 @@ impl Params {
             if count >= MAX_PARAMS {
                 return Err(OAuthError::invalid_request("too many parameters"));
             }
-            if value.len() > MAX_PARAM_LEN || name.len() > 128 {
+            if value.len() > max_len(&name) || name.len() > 128 {
                 return Err(OAuthError::invalid_request(format!(
                     "parameter {} is too long",
                     printable_name(&name)
@@ -78,6 +78,16 @@ impl Params {
             .iter()
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// The longest value of a parameter: an authorization code carries its request, so it
+/// may be longer than the request's own longest value (`crate::code::MAX_CODE_LEN`).
+fn max_len(name: &str) -> usize {
+    if name == "code" {
+        crate::code::MAX_CODE_LEN
+    } else {
+        MAX_PARAM_LEN
     }
 }
 
@@ -164,5 +174,9 @@ mod tests {
         assert!(Params::parse(long.as_bytes()).is_err());
         let ok = format!("state={}", "x".repeat(1024));
         assert!(Params::parse(ok.as_bytes()).is_ok());
+        // A code may be as long as the longest request seals to, and no longer.
+        let code = |n: usize| format!("code={}", "x".repeat(n));
+        assert!(Params::parse(code(crate::code::MAX_CODE_LEN).as_bytes()).is_ok());
+        assert!(Params::parse(code(crate::code::MAX_CODE_LEN + 1).as_bytes()).is_err());
     }
 }

@@ -1319,6 +1319,19 @@ async fn attacks_codes() {
         .await,
     );
 
+    report.case(
+        "OIDC-05 a code for a request with a 4096-character nonce redeems, and the ID token carries the nonce",
+        async {
+            let nonce = "n\"é".repeat(1024);
+            let req = fresh(&app, REDIRECT_URI, "long-nonce").set("nonce", &nonce);
+            let t = tokens_via(&server, &browser, &app, &req, "alice").await?;
+            let id = claims(t.id_token.as_deref().unwrap_or_default());
+            ensure!(id["nonce"] == nonce.as_str(), "the ID token's nonce is {}", id["nonce"]);
+            Ok(())
+        }
+        .await,
+    );
+
     // BCP-22 / TM-10: the second redemption fails and revokes what the first made.
     let reuse = async {
         let req = fresh(&app, REDIRECT_URI, "reuse");
