@@ -156,6 +156,8 @@ pub type KeyPlanner =
 pub struct GrantFilter {
     pub user_id: Option<String>,
     pub client_id: Option<String>,
+    /// Only with `user_id`: a session's grants are found through their user's index
+    /// (there is no index by session; a filter by session alone reads every grant).
     pub session_hash: Option<String>,
     /// Only grants that are neither revoked nor expired.
     pub active_only: bool,

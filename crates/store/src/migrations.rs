@@ -166,6 +166,10 @@ CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
 -- grant a code names is what makes it single-use. Codes issued before this version
 -- no longer redeem: they lived a minute at most.
 DROP TABLE codes;
+-- Every grant insert wrote a page of this index, and only logout with
+-- logout_revokes_grants asked it anything: that now finds the session's grants
+-- through the user's index (grants_user_client_created), a handful of rows.
+DROP INDEX grants_session;
 "#,
         sqlite: "",
         postgres: "",

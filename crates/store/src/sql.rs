@@ -942,7 +942,8 @@ mod tests {
             conn.execute_batch(m.sqlite).unwrap();
         }
         let given = |on: bool, v: &str| on.then(|| v.to_owned());
-        for shape in 1..8u8 {
+        // 4, a session alone, has no index (GrantFilter::session_hash says so).
+        for shape in [1, 2, 3, 5, 6, 7u8] {
             let f = GrantFilter {
                 user_id: given(shape & 1 != 0, "u"),
                 client_id: given(shape & 2 != 0, "c"),

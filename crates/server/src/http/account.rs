@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar};
 use latchkey_core::OAuthError;
+use latchkey_core::model::Session;
 use latchkey_core::params::Params;
 use latchkey_core::redirect_uri::with_query;
 use latchkey_store::GrantFilter;
@@ -242,7 +243,7 @@ async fn logout(state: &AppState, jar: CookieJar, raw: String, confirmed: bool) 
     }
     let mut jar = jar;
     if let Some((s, user)) = session {
-        if let Err(e) = end_session(state, &s.session_hash).await {
+        if let Err(e) = end_session(state, &s).await {
             return error_page(StatusCode::SERVICE_UNAVAILABLE, &store_failure(&e));
         }
         tracing::info!(event = "logout", user_id = %user.user_id, "user signed out");
@@ -265,16 +266,17 @@ async fn logout(state: &AppState, jar: CookieJar, raw: String, confirmed: bool) 
 /// Ends a session; with `logout_revokes_grants`, the grants made in it too.
 async fn end_session(
     state: &AppState,
-    session_hash: &str,
+    session: &Session,
 ) -> Result<(), latchkey_store::StoreError> {
     if state.config.logout_revokes_grants {
         let filter = GrantFilter {
-            session_hash: Some(session_hash.to_owned()),
+            user_id: Some(session.user_id.clone()),
+            session_hash: Some(session.session_hash.clone()),
             ..Default::default()
         };
         state.store.revoke_grants(&filter, state.now()).await?;
     }
-    state.store.delete_session(session_hash).await
+    state.store.delete_session(&session.session_hash).await
 }
 
 async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAuthError> {
