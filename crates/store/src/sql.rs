@@ -12,7 +12,7 @@ use latchkey_core::model::{AuthorizationCode, Grant, KeyRecord, KeyState, Sessio
 use latchkey_core::redirect_uri::RedirectUri;
 use latchkey_core::scope::Scope;
 
-use crate::db::{Backend, Cols, Exec, args};
+use crate::db::{Backend, Cols, Exec, Value, args};
 use crate::postgres::Postgres;
 use crate::sqlite::Sqlite;
 use crate::{
@@ -256,30 +256,32 @@ fn revocation_from_row(row: &dyn Cols) -> Result<Revocation> {
     })
 }
 
-async fn insert_grant_on(e: &mut impl Exec, g: &Grant) -> Result<()> {
-    let scope = g.scope.to_string();
-    e.execute(
-        "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        args![
-            &g.grant_id,
-            &g.user_id,
-            &g.client_id,
-            &scope,
-            g.auth_time,
-            &g.session_hash,
-            &g.nonce,
-            &g.audience,
-            g.refresh_generation,
-            &g.refresh_hash,
-            g.created_at,
-            g.last_used_at,
-            g.expires_at,
-            g.revoked_at,
-            g.grace_used,
-        ],
-    )
-    .await?;
-    Ok(())
+/// Inserts a grant as it is (`$1`..`$15`: [`grant_values`]).
+const INSERT_GRANT: &str = concat!(
+    "INSERT INTO grants (",
+    grant_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+);
+
+/// A grant's columns, in `grant_columns!()` order.
+fn grant_values<'a>(g: &'a Grant, scope: &'a str) -> [Value<'a>; 15] {
+    [
+        Value::from(&g.grant_id),
+        Value::from(&g.user_id),
+        Value::from(&g.client_id),
+        Value::from(scope),
+        Value::from(g.auth_time),
+        Value::from(&g.session_hash),
+        Value::from(&g.nonce),
+        Value::from(&g.audience),
+        Value::from(g.refresh_generation),
+        Value::from(&g.refresh_hash),
+        Value::from(g.created_at),
+        Value::from(g.last_used_at),
+        Value::from(g.expires_at),
+        Value::from(g.revoked_at),
+        Value::from(g.grace_used),
+    ]
 }
 
 async fn insert_key_on(e: &mut impl Exec, k: &KeyRecord) -> Result<()> {
@@ -572,25 +574,14 @@ impl<B: Backend> Store for SqlStore<B> {
             .writer()
             .await?
             .execute(
-                "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, nonce, audience, refresh_generation, refresh_hash, created_at, last_used_at, expires_at, revoked_at, grace_used) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0 \
-                 WHERE EXISTS (SELECT 1 FROM clients WHERE client_id = $3) AND EXISTS (SELECT 1 FROM users WHERE user_id = $2) \
-                 ON CONFLICT (grant_id) DO NOTHING",
-                args![
-                    &g.grant_id,
-                    &g.user_id,
-                    &g.client_id,
-                    &scope,
-                    g.auth_time,
-                    &g.session_hash,
-                    &g.nonce,
-                    &g.audience,
-                    g.refresh_generation,
-                    &g.refresh_hash,
-                    g.created_at,
-                    g.last_used_at,
-                    g.expires_at,
-                ],
+                concat!(
+                    "INSERT INTO grants (",
+                    grant_columns!(),
+                    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
+                     WHERE EXISTS (SELECT 1 FROM clients WHERE client_id = $3) AND EXISTS (SELECT 1 FROM users WHERE user_id = $2) \
+                     ON CONFLICT (grant_id) DO NOTHING"
+                ),
+                &grant_values(&g, &scope),
             )
             .await?;
         if made == 1 {
@@ -617,7 +608,13 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn insert_grant(&self, g: &Grant) -> Result<()> {
-        insert_grant_on(&mut self.db.writer().await?, g).await
+        let scope = g.scope.to_string();
+        self.db
+            .writer()
+            .await?
+            .execute(INSERT_GRANT, &grant_values(g, &scope))
+            .await?;
+        Ok(())
     }
 
     async fn grant(&self, grant_id: &str) -> Result<Option<Grant>> {
