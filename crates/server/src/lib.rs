@@ -397,6 +397,14 @@ async fn cache_keeper(state: AppState) {
     }
 }
 
+/// What ended before this is swept: revocations once no access token they concern can
+/// still be live (`feed_window`), and grants no sooner than a code lifetime (with a
+/// minute's leeway) after they ended, since a grant's row is what keeps its code from
+/// being redeemed again (`latchkey_core::code`).
+fn sweep_horizon(now: i64, feed_window: i64, code_ttl: i64) -> i64 {
+    now - feed_window.max(code_ttl + 60)
+}
+
 /// Removes rows nothing needs any more, in small batches, on whichever node holds the
 /// sweep lock (DESIGN §2).
 async fn sweeper(state: AppState) {
@@ -407,10 +415,11 @@ async fn sweeper(state: AppState) {
         tokio::time::sleep(period).await;
         for _ in 0..1000 {
             let now = state.now();
-            // A grant's row keeps its code from being redeemed again, so it stays at
-            // least as long as a code lives (latchkey_core::code).
-            let horizon =
-                now - http::backchannel::feed_window(&state).max(state.config.code_ttl + 60);
+            let horizon = sweep_horizon(
+                now,
+                http::backchannel::feed_window(&state),
+                state.config.code_ttl,
+            );
             match state.store.sweep(now, horizon, BATCH).await {
                 Ok(Some(r)) => {
                     if r.total() > 0 {
@@ -434,6 +443,35 @@ async fn sweeper(state: AppState) {
                     break;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_horizon;
+
+    /// A grant made by a code at `issued` ends no sooner than it is made, so if nothing
+    /// ended after the horizon is swept, its row outlives the code (issued + code_ttl):
+    /// the code can never make a second grant.
+    #[test]
+    fn a_grant_outlives_the_code_that_made_it() {
+        for (feed_window, code_ttl) in [(360, 60), (60, 600), (0, 0), (3660, 600)] {
+            let issued = 1_800_000_000;
+            let ended = issued;
+            // The first moment the sweep may remove it.
+            let mut now = issued;
+            while sweep_horizon(now, feed_window, code_ttl) <= ended {
+                now += 1;
+            }
+            assert!(
+                now > issued + code_ttl,
+                "{feed_window} {code_ttl}: swept at {now}"
+            );
+            assert!(
+                now > ended + feed_window,
+                "{feed_window} {code_ttl}: swept at {now}"
+            );
         }
     }
 }

@@ -700,6 +700,50 @@ mod tests {
         );
     }
 
+    /// A database made by a version with stored codes (schema 2) opens: its grants are
+    /// kept, the codes table and the grants' session index are gone, and a logout's
+    /// filter still finds a session's grants.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_of_schema_2_migrates_and_keeps_its_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+            migrate(&conn, &migrations::MIGRATIONS[..2]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO grants (grant_id, user_id, client_id, scope, auth_time, session_hash, refresh_generation, created_at, last_used_at, expires_at, grace_used) \
+                 VALUES ('g-old', 'u', 'c', 'openid', 1, 's', 1, 1, 1, 9999999999, 0); \
+                 INSERT INTO codes (code_hash, client_id, user_id, redirect_uri, scope, code_challenge, auth_time, expires_at) \
+                 VALUES ('h', 'c', 'u', 'https://app.example/cb', 'openid', 'x', 1, 61)",
+            )
+            .unwrap();
+        }
+        let store = crate::SqliteStore::open(&path).await.unwrap();
+        let names: Vec<String> = {
+            let conn = Connection::open(&path).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(|n| n.unwrap())
+                .collect()
+        };
+        assert!(
+            !names.iter().any(|n| n == "codes" || n == "grants_session"),
+            "{names:?}"
+        );
+        use crate::Store;
+        assert!(store.grant("g-old").await.unwrap().is_some());
+        let filter = crate::GrantFilter {
+            user_id: Some("u".into()),
+            session_hash: Some("s".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.revoke_grants(&filter, 5).await.unwrap(), 1);
+    }
+
     /// A transaction left open on the writer (a ROLLBACK that failed) is rolled back
     /// before the writer's next use, not joined by the next statements.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
