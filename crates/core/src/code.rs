@@ -47,6 +47,18 @@ const MAX_BODY_LEN: usize = 2 * crate::params::MAX_PARAM_LEN
 /// What the sealing key is derived from the server's MAC key for.
 const KEY_PURPOSE: &[u8] = b"latchkey authorization code sealing key v1";
 
+/// The longest a code may live, whatever a node is configured with (RFC 6749 §4.1.2:
+/// "a maximum authorization code lifetime of 10 minutes is RECOMMENDED").
+pub const MAX_CODE_TTL: i64 = 600;
+/// How far apart the clocks of the nodes (and of the hosts admin commands run on) may
+/// be without weakening single use: see [`GRANT_KEPT_AFTER_END`].
+pub const CLOCK_LEEWAY: i64 = 300;
+/// How long a grant's row must stay after the grant ended (expired or was revoked).
+/// The row is what keeps the code that made it from being redeemed again, so it must
+/// outlive the code by every node's clock: the longest life a code can have, whatever
+/// `code_ttl` the node that issued it had, plus the clocks' leeway.
+pub const GRANT_KEPT_AFTER_END: i64 = MAX_CODE_TTL + CLOCK_LEEWAY;
+
 /// A new grant id: the creation second (5 bytes, big-endian) and 88 random bits, in
 /// hex (32 characters). The second comes first so that a new grant appends to the
 /// grants' primary-key index instead of landing on a random page of it.
@@ -58,6 +70,22 @@ pub fn new_grant_id(
     id[..5].copy_from_slice(&u64::try_from(now).unwrap_or(0).to_be_bytes()[3..]);
     rng.fill(&mut id[5..])?;
     Ok(hex(&id))
+}
+
+/// Whether `code` was issued later than `now` by more than [`CLOCK_LEEWAY`]: by a
+/// node whose clock runs that far ahead. Single use holds only while a grant's row
+/// outlives its code by every node's clock ([`GRANT_KEPT_AFTER_END`]), so such a code
+/// is refused.
+pub fn issued_in_the_future(code: &AuthorizationCode, now: i64) -> bool {
+    issued_at(code).is_none_or(|t| t > now.saturating_add(CLOCK_LEEWAY))
+}
+
+/// The second a code was issued, from the grant id it names (its first 5 bytes).
+pub fn issued_at(code: &AuthorizationCode) -> Option<i64> {
+    let id = unhex(&code.grant_id)?;
+    let mut second = [0u8; 8];
+    second[3..].copy_from_slice(&id[..5]);
+    i64::try_from(u64::from_be_bytes(second)).ok()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -110,12 +138,18 @@ impl std::fmt::Debug for CodeSealer {
 }
 
 impl CodeSealer {
-    /// The sealer whose key is HMAC-SHA256(`mac_key`, purpose): a key of its own, so
-    /// no MAC the server makes with `mac_key` is ever a code key and the reverse.
-    pub fn from_mac_key(mac_key: &[u8]) -> Result<CodeSealer, CodeError> {
+    /// The sealer whose key is HMAC-SHA256(`mac_key`, purpose ‖ 0 ‖ issuer): a key of
+    /// its own, so no MAC the server makes with `mac_key` is ever a code key and the
+    /// reverse, and one per issuer, so a code made by a copy of the data serving
+    /// another issuer (a staging clone) does not redeem here.
+    pub fn from_mac_key(mac_key: &[u8], issuer: &str) -> Result<CodeSealer, CodeError> {
+        let mut input = Vec::with_capacity(KEY_PURPOSE.len() + 1 + issuer.len());
+        input.extend_from_slice(KEY_PURPOSE);
+        input.push(0);
+        input.extend_from_slice(issuer.as_bytes());
         let derived = aws_lc_rs::hmac::sign(
             &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, mac_key),
-            KEY_PURPOSE,
+            &input,
         );
         let key =
             UnboundKey::new(&AES_256_GCM_SIV, derived.as_ref()).map_err(|_| CodeError::Key)?;
@@ -198,8 +232,14 @@ const ABSENT: u16 = u16::MAX;
 
 impl Writer<'_> {
     fn text(&mut self, value: Option<&str>) {
-        // Longer than a code may hold anyway; `seal` refuses the result.
-        let len = value.map_or(ABSENT, |v| u16::try_from(v.len()).unwrap_or(ABSENT - 1));
+        // Longer than a code may hold anyway: written cut short, and `seal` refuses the
+        // result for its length.
+        let len = value.map_or(ABSENT, |v| {
+            u16::try_from(v.len())
+                .ok()
+                .filter(|l| *l < ABSENT)
+                .unwrap_or(ABSENT - 1)
+        });
         self.0.extend_from_slice(&len.to_be_bytes());
         if let Some(v) = value {
             self.0
@@ -271,7 +311,9 @@ mod tests {
     #[test]
     fn a_sealed_code_opens_to_what_was_sealed() {
         let rng = SystemRandom::new();
-        let sealer = CodeSealer::from_mac_key(b"a server mac key of some length").unwrap();
+        let sealer =
+            CodeSealer::from_mac_key(b"a server mac key of some length", "https://as.example")
+                .unwrap();
         let code = sample(&rng, 1_800_000_000);
         let text = sealer.seal(&code).unwrap();
         let opened = sealer.open(&text).unwrap();
@@ -302,7 +344,7 @@ mod tests {
     #[test]
     fn the_longest_request_seals_into_a_code_that_opens() {
         let rng = SystemRandom::new();
-        let sealer = CodeSealer::from_mac_key(b"k").unwrap();
+        let sealer = CodeSealer::from_mac_key(b"k", "https://as.example").unwrap();
         let mut code = sample(&rng, 1_800_000_000);
         // Characters JSON would have escaped travel as they are.
         code.nonce = Some("\"\u{1}é".repeat(crate::params::MAX_PARAM_LEN / 5));
@@ -323,7 +365,7 @@ mod tests {
     #[test]
     fn altered_foreign_or_malformed_codes_do_not_open() {
         let rng = SystemRandom::new();
-        let sealer = CodeSealer::from_mac_key(b"key one").unwrap();
+        let sealer = CodeSealer::from_mac_key(b"key one", "https://as.example").unwrap();
         let text = sealer.seal(&sample(&rng, 1_800_000_000)).unwrap();
         let raw = URL_SAFE_NO_PAD.decode(&text).unwrap();
         // Every single flipped bit, in the header (the grant id), body and tag.
@@ -336,7 +378,14 @@ mod tests {
             );
         }
         assert!(
-            CodeSealer::from_mac_key(b"key two")
+            CodeSealer::from_mac_key(b"key two", "https://as.example")
+                .unwrap()
+                .open(&text)
+                .is_none()
+        );
+        // The same MAC key serving another issuer (a copy of the data) makes other codes.
+        assert!(
+            CodeSealer::from_mac_key(b"key one", "https://staging.as.example")
                 .unwrap()
                 .open(&text)
                 .is_none()
@@ -356,10 +405,15 @@ mod tests {
     #[test]
     fn codes_are_distinct_and_name_grants_in_creation_order() {
         let rng = SystemRandom::new();
-        let sealer = CodeSealer::from_mac_key(b"k").unwrap();
+        let sealer = CodeSealer::from_mac_key(b"k", "https://as.example").unwrap();
         let early = sample(&rng, 1_800_000_000);
         let late = sample(&rng, 1_800_000_001);
         assert!(early.grant_id < late.grant_id);
+        assert_eq!(issued_at(&early), Some(1_800_000_000));
+        assert_eq!(issued_at(&late), Some(1_800_000_001));
+        assert!(!issued_in_the_future(&late, 1_800_000_001 - CLOCK_LEEWAY));
+        assert!(issued_in_the_future(&late, 1_800_000_000 - CLOCK_LEEWAY));
+        assert!(!issued_in_the_future(&late, 1_800_000_001 + MAX_CODE_TTL));
         assert!(
             early.grant_id.starts_with("006b49d200"),
             "{}",

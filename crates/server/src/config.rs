@@ -203,7 +203,7 @@ impl Config {
         if !(0..=60_000).contains(&self.client_check_interval_ms) {
             return Err("client_check_interval_ms must be between 0 and 60000".to_owned());
         }
-        if self.code_ttl > 600 {
+        if self.code_ttl > latchkey_core::code::MAX_CODE_TTL {
             return Err("code_ttl must be at most 600 seconds (RFC 6749 §4.1.2)".to_owned());
         }
         Ok(())

@@ -181,8 +181,8 @@ pub async fn build_state(
         .map_err(|e| e.to_string())?;
     let rng = SystemRandom::new();
     let mac_key = mac_key(store.as_ref(), &master, &rng).await?;
-    let codes =
-        latchkey_core::code::CodeSealer::from_mac_key(&mac_key).map_err(|e| e.to_string())?;
+    let codes = latchkey_core::code::CodeSealer::from_mac_key(&mac_key, &issuer)
+        .map_err(|e| e.to_string())?;
     let ring = bootstrap_keys(store.as_ref(), &master, &config, clock.as_ref(), &mut notes).await?;
     let dummy =
         latchkey_core::secret::random_token(&rng).map_err(|_| "random source failed".to_owned())?;
@@ -398,11 +398,12 @@ async fn cache_keeper(state: AppState) {
 }
 
 /// What ended before this is swept: revocations once no access token they concern can
-/// still be live (`feed_window`), and grants no sooner than a code lifetime (with a
-/// minute's leeway) after they ended, since a grant's row is what keeps its code from
-/// being redeemed again (`latchkey_core::code`).
-fn sweep_horizon(now: i64, feed_window: i64, code_ttl: i64) -> i64 {
-    now - feed_window.max(code_ttl + 60)
+/// still be live (`feed_window`), and grants no sooner than the longest life of a code
+/// after they ended, whatever `code_ttl` any node has or had, with the clocks' leeway:
+/// a grant's row is what keeps its code from being redeemed again
+/// (`latchkey_core::code::GRANT_KEPT_AFTER_END`).
+fn sweep_horizon(now: i64, feed_window: i64) -> i64 {
+    now - feed_window.max(latchkey_core::code::GRANT_KEPT_AFTER_END)
 }
 
 /// Removes rows nothing needs any more, in small batches, on whichever node holds the
@@ -415,11 +416,7 @@ async fn sweeper(state: AppState) {
         tokio::time::sleep(period).await;
         for _ in 0..1000 {
             let now = state.now();
-            let horizon = sweep_horizon(
-                now,
-                http::backchannel::feed_window(&state),
-                state.config.code_ttl,
-            );
+            let horizon = sweep_horizon(now, http::backchannel::feed_window(&state));
             match state.store.sweep(now, horizon, BATCH).await {
                 Ok(Some(r)) => {
                     if r.total() > 0 {
@@ -450,28 +447,35 @@ async fn sweeper(state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::sweep_horizon;
+    use latchkey_core::code::{CLOCK_LEEWAY, MAX_CODE_TTL};
 
-    /// A grant made by a code at `issued` ends no sooner than it is made, so if nothing
-    /// ended after the horizon is swept, its row outlives the code (issued + code_ttl):
-    /// the code can never make a second grant.
+    /// A grant made by a code ends no sooner than it is made. Whatever `code_ttl` the
+    /// node that issued the code had (up to the cap), and however far (within the
+    /// leeway) the clocks of the node that issued it and of the one that redeems it
+    /// again are behind the sweeping node's, the grant's row is still there while the
+    /// code is alive by the redeeming node's clock.
     #[test]
     fn a_grant_outlives_the_code_that_made_it() {
-        for (feed_window, code_ttl) in [(360, 60), (60, 600), (0, 0), (3660, 600)] {
-            let issued = 1_800_000_000;
-            let ended = issued;
-            // The first moment the sweep may remove it.
-            let mut now = issued;
-            while sweep_horizon(now, feed_window, code_ttl) <= ended {
-                now += 1;
+        for feed_window in [0, 60, 360, 3660] {
+            for code_ttl in [1, 60, MAX_CODE_TTL] {
+                for skew in [0, CLOCK_LEEWAY / 2, CLOCK_LEEWAY] {
+                    // The sweeper's clock; the others run `skew` behind it.
+                    let issued = 1_800_000_000 - skew;
+                    let code_expires = issued + code_ttl;
+                    let ended = issued;
+                    // The first moment, by the sweeper's clock, the row may go.
+                    let mut now = 1_800_000_000;
+                    while sweep_horizon(now, feed_window) <= ended {
+                        now += 1;
+                    }
+                    // By then the code has expired by the redeeming node's clock.
+                    assert!(
+                        now - skew >= code_expires,
+                        "window {feed_window}, code_ttl {code_ttl}, skew {skew}: swept at {now}"
+                    );
+                    assert!(now > ended + feed_window);
+                }
             }
-            assert!(
-                now > issued + code_ttl,
-                "{feed_window} {code_ttl}: swept at {now}"
-            );
-            assert!(
-                now > ended + feed_window,
-                "{feed_window} {code_ttl}: swept at {now}"
-            );
         }
     }
 }

@@ -128,7 +128,7 @@ pub enum Redemption {
     Redeemed,
     /// The grant the code names exists: the code was redeemed before (RFC 9700 §4.2.4).
     AlreadyRedeemed,
-    /// The code's client or user no longer exists.
+    /// The code's client or user (or, if required, its session) no longer exists.
     Orphaned,
 }
 
@@ -226,11 +226,14 @@ pub trait Store: Send + Sync + 'static {
     /// every other, however late, finds it (`AlreadyRedeemed`, RFC 9700 §4.2.4). A code
     /// whose client or user no longer exists is `Orphaned`: deleting either must leave
     /// it no grant, even one from a code a server issued just after from its cache.
+    /// With `session_required`, so is a code whose session ended (logout, when logout
+    /// revokes the session's grants: it must end the codes issued in it too).
     async fn redeem_code(
         &self,
         code: &AuthorizationCode,
         grant: &NewGrant,
         now: i64,
+        session_required: bool,
     ) -> Result<Redemption>;
 
     // Grants

@@ -12,6 +12,22 @@ pub(crate) struct Migration {
     pub postgres: &'static str,
 }
 
+/// Refuses a database whose schema is newer than this binary's migrations: a binary
+/// rolled back, or an old node started after a new one migrated, would otherwise run
+/// statements against tables it does not know, and fail request by request.
+pub(crate) fn check_not_newer(current: i64) -> Result<(), crate::StoreError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(crate::StoreError::Database(
+            format!(
+                "the database has schema version {current}, newer than this Latchkey knows ({known}): it was migrated by a newer version; run that version"
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -163,9 +179,11 @@ CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
         version: 3,
         sql: r#"
 -- Authorization codes are sealed and carry their request (latchkey_core::code); the
--- grant a code names is what makes it single-use. Codes issued before this version
--- no longer redeem: they lived a minute at most.
-DROP TABLE codes;
+-- grant a code names is what makes it single-use, and the codes table is no longer
+-- used. It stays for one version: nodes of the previous one, still running during a
+-- rolling upgrade, keep serving their own code flows with it. (A code issued by a node
+-- of one version and redeemed at one of the other is invalid_grant; the client starts
+-- the flow again.)
 -- Every grant insert wrote a page of this index, and only logout with
 -- logout_revokes_grants asked it anything: that now finds the session's grants
 -- through the user's index (grants_user_client_created), a handful of rows.

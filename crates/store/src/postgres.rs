@@ -50,6 +50,7 @@ impl Postgres {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("v")?;
+        migrations::check_not_newer(current)?;
         for m in migrations::MIGRATIONS
             .iter()
             .filter(|m| m.version > current)

@@ -564,9 +564,12 @@ impl<B: Backend> Store for SqlStore<B> {
         code: &AuthorizationCode,
         grant: &NewGrant,
         now: i64,
+        session_required: bool,
     ) -> Result<Redemption> {
         let g = grant.grant_from(code, now);
         let scope = g.scope.to_string();
+        let mut values = grant_values(&g, &scope).to_vec();
+        values.push(Value::from(session_required));
         // REL-01: one conditional statement. The grant the code names is made unless
         // it exists (a redemption won before) or the code's client or user is gone.
         let made = self
@@ -579,9 +582,10 @@ impl<B: Backend> Store for SqlStore<B> {
                     grant_columns!(),
                     ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
                      WHERE EXISTS (SELECT 1 FROM clients WHERE client_id = $3) AND EXISTS (SELECT 1 FROM users WHERE user_id = $2) \
+                     AND ($16 = 0 OR EXISTS (SELECT 1 FROM sessions WHERE session_hash = $6 AND expires_at > $11)) \
                      ON CONFLICT (grant_id) DO NOTHING"
                 ),
-                &grant_values(&g, &scope),
+                &values,
             )
             .await?;
         if made == 1 {
@@ -843,6 +847,8 @@ impl<B: Backend> Store for SqlStore<B> {
             ("users", "SELECT COUNT(*) AS n FROM users"),
             ("sessions", "SELECT COUNT(*) AS n FROM sessions"),
             ("grants", "SELECT COUNT(*) AS n FROM grants"),
+            // Unused since schema 3; kept one version for nodes of the previous one.
+            ("codes", "SELECT COUNT(*) AS n FROM codes"),
             ("signing_keys", "SELECT COUNT(*) AS n FROM signing_keys"),
             ("server_secrets", "SELECT COUNT(*) AS n FROM server_secrets"),
             ("revocations", "SELECT COUNT(*) AS n FROM revocations"),

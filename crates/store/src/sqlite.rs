@@ -317,6 +317,7 @@ fn migrate(conn: &Connection, list: &[Migration]) -> Result<()> {
             [],
             |r| r.get(0),
         )?;
+        migrations::check_not_newer(current)?;
         for m in list.iter().filter(|m| m.version > current) {
             conn.execute_batch(m.sql)?;
             if !m.sqlite.is_empty() {
@@ -701,8 +702,9 @@ mod tests {
     }
 
     /// A database made by a version with stored codes (schema 2) opens: its grants are
-    /// kept, the codes table and the grants' session index are gone, and a logout's
-    /// filter still finds a session's grants.
+    /// kept, the grants' session index is gone (the codes table stays for nodes of the
+    /// previous version during a rolling upgrade), and a logout's filter still finds a
+    /// session's grants.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_of_schema_2_migrates_and_keeps_its_grants() {
         let dir = tempfile::tempdir().unwrap();
@@ -730,10 +732,8 @@ mod tests {
                 .map(|n| n.unwrap())
                 .collect()
         };
-        assert!(
-            !names.iter().any(|n| n == "codes" || n == "grants_session"),
-            "{names:?}"
-        );
+        assert!(!names.iter().any(|n| n == "grants_session"), "{names:?}");
+        assert!(names.iter().any(|n| n == "codes"), "{names:?}");
         use crate::Store;
         assert!(store.grant("g-old").await.unwrap().is_some());
         let filter = crate::GrantFilter {
@@ -742,6 +742,32 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.revoke_grants(&filter, 5).await.unwrap(), 1);
+    }
+
+    /// A database a newer version migrated is refused, and left as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(crate::SqliteStore::open(&path).await.unwrap());
+        let newer = migrations::MIGRATIONS.last().unwrap().version + 1;
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, 0)",
+                [newer],
+            )
+            .unwrap();
+        let err = crate::SqliteStore::open(&path)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("newer than this Latchkey knows"), "{err}");
+        let versions: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, newer);
     }
 
     /// A transaction left open on the writer (a ROLLBACK that failed) is rolled back

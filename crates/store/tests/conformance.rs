@@ -235,7 +235,7 @@ async fn sessions(s: &dyn Store) {
 
 async fn codes(s: Arc<dyn Store>) {
     assert_eq!(
-        s.redeem_code(&code("g-code1"), &new_grant(), NOW)
+        s.redeem_code(&code("g-code1"), &new_grant(), NOW, false)
             .await
             .unwrap(),
         Redemption::Redeemed
@@ -266,7 +266,7 @@ async fn codes(s: Arc<dyn Store>) {
     // and changes nothing.
     s.revoke_grant("g-code1", NOW).await.unwrap();
     assert_eq!(
-        s.redeem_code(&code("g-code1"), &new_grant(), NOW + 30)
+        s.redeem_code(&code("g-code1"), &new_grant(), NOW + 30, false)
             .await
             .unwrap(),
         Redemption::AlreadyRedeemed
@@ -279,17 +279,48 @@ async fn codes(s: Arc<dyn Store>) {
     let mut orphan = code("g-orphan-client");
     orphan.client_id = "deleted-client".into();
     assert_eq!(
-        s.redeem_code(&orphan, &new_grant(), NOW).await.unwrap(),
+        s.redeem_code(&orphan, &new_grant(), NOW, false)
+            .await
+            .unwrap(),
         Redemption::Orphaned
     );
     assert!(s.grant("g-orphan-client").await.unwrap().is_none());
     let mut orphan = code("g-orphan-user");
     orphan.user_id = "deleted-user".into();
     assert_eq!(
-        s.redeem_code(&orphan, &new_grant(), NOW).await.unwrap(),
+        s.redeem_code(&orphan, &new_grant(), NOW, false)
+            .await
+            .unwrap(),
         Redemption::Orphaned
     );
     assert!(s.grant("g-orphan-user").await.unwrap().is_none());
+    // When its session is required: a code whose session ended makes no grant, one
+    // whose session lives does.
+    let mut ended = code("g-session-ended");
+    ended.session_hash = Some("no-such-session".into());
+    assert_eq!(
+        s.redeem_code(&ended, &new_grant(), NOW, true)
+            .await
+            .unwrap(),
+        Redemption::Orphaned
+    );
+    assert!(s.grant("g-session-ended").await.unwrap().is_none());
+    s.create_session(&Session {
+        session_hash: "code-session".into(),
+        user_id: "u1".into(),
+        auth_time: NOW,
+        expires_at: NOW + 100,
+    })
+    .await
+    .unwrap();
+    let mut live = code("g-session-live");
+    live.session_hash = Some("code-session".into());
+    assert_eq!(
+        s.redeem_code(&live, &new_grant(), NOW, true).await.unwrap(),
+        Redemption::Redeemed
+    );
+    s.revoke_grant("g-session-live", NOW).await.unwrap();
+    s.delete_session("code-session").await.unwrap();
 
     // REL-01: of many racing redemptions exactly one wins, and every loser, even one
     // that raced the winner's commit, sees the winner's grant (so that reuse revokes
@@ -298,7 +329,7 @@ async fn codes(s: Arc<dyn Store>) {
     for _ in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.redeem_code(&code("g-race"), &new_grant(), NOW)
+            s.redeem_code(&code("g-race"), &new_grant(), NOW, false)
                 .await
                 .unwrap()
         }));

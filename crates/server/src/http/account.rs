@@ -263,11 +263,15 @@ async fn logout(state: &AppState, jar: CookieJar, raw: String, confirmed: bool) 
     }
 }
 
-/// Ends a session; with `logout_revokes_grants`, the grants made in it too.
+/// Ends a session; with `logout_revokes_grants`, the grants made in it too, and its
+/// codes not yet redeemed: a redemption then requires the code's session to exist
+/// (`Store::redeem_code`). The session goes first, so that a redemption racing the
+/// logout either finds it gone or made its grant before the revocation below.
 async fn end_session(
     state: &AppState,
     session: &Session,
 ) -> Result<(), latchkey_store::StoreError> {
+    state.store.delete_session(&session.session_hash).await?;
     if state.config.logout_revokes_grants {
         let filter = GrantFilter {
             user_id: Some(session.user_id.clone()),
@@ -276,7 +280,7 @@ async fn end_session(
         };
         state.store.revoke_grants(&filter, state.now()).await?;
     }
-    state.store.delete_session(&session.session_hash).await
+    Ok(())
 }
 
 async fn parse_logout(state: &AppState, raw: &str) -> Result<LogoutRequest, OAuthError> {

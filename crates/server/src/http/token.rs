@@ -134,6 +134,17 @@ async fn redeem_code(
     let now = state.now();
     let invalid = || OAuthError::invalid_grant("the code is not valid");
     let stored = state.codes.open(code).ok_or_else(invalid)?;
+    // Single use holds while the grant's row outlives the code by every node's clock
+    // (GRANT_KEPT_AFTER_END); a code from a node whose clock runs further ahead than the
+    // leeway would outlive it.
+    if latchkey_core::code::issued_in_the_future(&stored, now) {
+        tracing::warn!(
+            "an authorization code was issued in the future by this node's clock: the servers' clocks disagree"
+        );
+        return Err(OAuthError::invalid_grant(
+            "the code was issued in the future; the servers' clocks disagree",
+        ));
+    }
     if now >= stored.expires_at {
         // Never redeemed past its life; but if it was redeemed while it lived, this is
         // a reuse all the same (RFC 9700 §4.2.4), and revokes what it made.
@@ -163,7 +174,7 @@ async fn redeem_code(
     };
     match state
         .store
-        .redeem_code(&stored, &new_grant, now)
+        .redeem_code(&stored, &new_grant, now, state.config.logout_revokes_grants)
         .await
         .map_err(|e| store_failure(&e))?
     {

@@ -2004,6 +2004,20 @@ async fn logout_revokes_the_sessions_grants_only_when_configured() {
             FULL_SCOPE,
         )
         .await;
+        // A code issued in this session, redeemed only after the logout.
+        let pending_req = authz_request(&server.issuer, &app.id, "openid");
+        let pending = here.visit(&pending_req.url).await;
+        assert_eq!(
+            pending.status,
+            StatusCode::SEE_OTHER,
+            "{what}: {}",
+            pending.body
+        );
+        let pending_code = assert_authz_code(
+            &pending.location().expect("Location"),
+            &server.issuer,
+            &pending_req.state,
+        );
 
         let hint = g1.id_token.clone().unwrap();
         let page = here
@@ -2029,6 +2043,19 @@ async fn logout_revokes_the_sessions_grants_only_when_configured() {
             } else {
                 refreshed(&server, &app, &g.refresh).await;
             }
+        }
+        // With the session's grants revoked, its codes end with it too.
+        let late = redeem(&server.issuer, &app, &pending_code, &pending_req.verifier).await;
+        if revokes {
+            assert_eq!(
+                late.status,
+                StatusCode::BAD_REQUEST,
+                "{what}: {}",
+                late.json
+            );
+            assert_eq!(late.json["error"], "invalid_grant", "{what}: {}", late.json);
+        } else {
+            late.ok();
         }
         let kept = refreshed(&server, &app, &elsewhere.refresh).await;
         assert_userinfo_ok(&server, &kept.access, &what).await;
