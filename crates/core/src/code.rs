@@ -27,6 +27,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::model::AuthorizationCode;
 use crate::pkce::CodeChallenge;
 use crate::scope::Scope;
+use crate::secret::hex;
 
 const VERSION: u8 = 1;
 /// Bytes of a grant id: the creation second (5) and 88 random bits.
@@ -61,7 +62,9 @@ pub const GRANT_KEPT_AFTER_END: i64 = MAX_CODE_TTL + CLOCK_LEEWAY;
 
 /// A new grant id: the creation second (5 bytes, big-endian) and 88 random bits, in
 /// hex (32 characters). The second comes first so that a new grant appends to the
-/// grants' primary-key index instead of landing on a random page of it.
+/// grants' primary-key index instead of landing on a random page of it; the random
+/// part keeps ids unguessable. The time is no secret: every token of the grant carries
+/// `auth_time` and `iat`.
 pub fn new_grant_id(
     rng: &dyn SecureRandom,
     now: i64,
@@ -72,30 +75,35 @@ pub fn new_grant_id(
     Ok(hex(&id))
 }
 
-/// Whether `code` was issued later than `now` by more than [`CLOCK_LEEWAY`]: by a
-/// node whose clock runs that far ahead. Single use holds only while a grant's row
-/// outlives its code by every node's clock ([`GRANT_KEPT_AFTER_END`]), so such a code
-/// is refused.
-pub fn issued_in_the_future(code: &AuthorizationCode, now: i64) -> bool {
-    issued_at(code).is_none_or(|t| t > now.saturating_add(CLOCK_LEEWAY))
+/// Why a code that opened may not be redeemed, checked before it is consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unredeemable {
+    /// Issued later than `now` by more than [`CLOCK_LEEWAY`], by a node whose clock
+    /// runs that far ahead. Single use holds only while a grant's row outlives its
+    /// code by every node's clock ([`GRANT_KEPT_AFTER_END`]).
+    FromTheFuture,
+    /// Past its `expires_at` (RFC 6749 §4.1.2, TM-01). If it was redeemed while it
+    /// lived, presenting it again is a reuse all the same (RFC 9700 §4.2.4).
+    Expired,
+}
+
+/// Whether `code` may be redeemed at `now`, as far as its times go.
+pub fn check_times(code: &AuthorizationCode, now: i64) -> Result<(), Unredeemable> {
+    if issued_at(code).is_none_or(|t| t > now.saturating_add(CLOCK_LEEWAY)) {
+        return Err(Unredeemable::FromTheFuture);
+    }
+    if now >= code.expires_at {
+        return Err(Unredeemable::Expired);
+    }
+    Ok(())
 }
 
 /// The second a code was issued, from the grant id it names (its first 5 bytes).
-pub fn issued_at(code: &AuthorizationCode) -> Option<i64> {
+fn issued_at(code: &AuthorizationCode) -> Option<i64> {
     let id = unhex(&code.grant_id)?;
     let mut second = [0u8; 8];
     second[3..].copy_from_slice(&id[..5]);
     i64::try_from(u64::from_be_bytes(second)).ok()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
 }
 
 fn unhex(text: &str) -> Option<[u8; ID_LEN]> {
@@ -187,8 +195,8 @@ impl CodeSealer {
     }
 
     /// What `text` was sealed from, or `None` for anything this server did not issue
-    /// or that was altered. Expiry and the other checks of a redemption are the
-    /// caller's ([`crate::token::check_code_redemption`]).
+    /// or that was altered. Its times are checked by [`check_times`], the rest of a
+    /// redemption by [`crate::token::check_code_redemption`].
     pub fn open(&self, text: &str) -> Option<AuthorizationCode> {
         if text.len() > MAX_CODE_LEN {
             return None;
@@ -411,9 +419,17 @@ mod tests {
         assert!(early.grant_id < late.grant_id);
         assert_eq!(issued_at(&early), Some(1_800_000_000));
         assert_eq!(issued_at(&late), Some(1_800_000_001));
-        assert!(!issued_in_the_future(&late, 1_800_000_001 - CLOCK_LEEWAY));
-        assert!(issued_in_the_future(&late, 1_800_000_000 - CLOCK_LEEWAY));
-        assert!(!issued_in_the_future(&late, 1_800_000_001 + MAX_CODE_TTL));
+        assert_eq!(check_times(&late, 1_800_000_001 - CLOCK_LEEWAY), Ok(()));
+        assert_eq!(
+            check_times(&late, 1_800_000_000 - CLOCK_LEEWAY),
+            Err(Unredeemable::FromTheFuture)
+        );
+        // `sample` codes live 60 s.
+        assert_eq!(check_times(&late, 1_800_000_060), Ok(()));
+        assert_eq!(
+            check_times(&late, 1_800_000_061),
+            Err(Unredeemable::Expired)
+        );
         assert!(
             early.grant_id.starts_with("006b49d200"),
             "{}",

@@ -21,6 +21,17 @@ pub fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value.as_bytes()))
 }
 
+/// Lower-case hex: how user and grant ids are written.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
 /// Constant-time equality of two byte strings.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()

@@ -5,7 +5,7 @@ use crate::client::ClientAuthenticated;
 use crate::model::AuthorizationCode;
 use crate::params::Params;
 use crate::pkce::{CodeVerifier, PkceVerified};
-use crate::{ErrorCode, OAuthError, UnixTime};
+use crate::{ErrorCode, OAuthError};
 
 /// A token request, by `grant_type`.
 #[derive(Debug, Clone)]
@@ -111,20 +111,17 @@ impl RefreshToken {
 
 /// RFC 6749 §4.1.3 and OIDC Core §3.1.3.2: the checks on a consumed code. The code was
 /// already consumed atomically, so a failure here burns it (and no token was issued).
+/// Its times were checked before it was consumed ([`crate::code::check_times`]).
 pub fn check_code_redemption(
     code: &AuthorizationCode,
     client: &ClientAuthenticated,
     redirect_uri: Option<&str>,
     code_verifier: Option<&str>,
-    now: UnixTime,
 ) -> Result<PkceVerified, OAuthError> {
     if code.client_id != client.client_id() {
         return Err(OAuthError::invalid_grant(
             "the code was issued to another client",
         ));
-    }
-    if now.0 >= code.expires_at {
-        return Err(OAuthError::invalid_grant("the code has expired"));
     }
     if redirect_uri != Some(code.redirect_uri.as_str()) {
         return Err(OAuthError::invalid_grant(

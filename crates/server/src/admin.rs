@@ -157,7 +157,7 @@ pub async fn create_user(store: &dyn Store, new: NewUser, now: i64) -> Result<Us
     let mut id = [0u8; 16];
     aws_lc_rs::rand::SecureRandom::fill(&rng, &mut id).map_err(|_| "random source failed")?;
     let user = User {
-        user_id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        user_id: latchkey_core::secret::hex(&id),
         username,
         password_hash,
         email: new.email,

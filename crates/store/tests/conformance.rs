@@ -275,36 +275,27 @@ async fn codes(s: Arc<dyn Store>) {
     assert_eq!((again.created_at, again.revoked_at), (NOW, Some(NOW)));
 
     // A code whose client or user was deleted (issued from a server's cached copy)
-    // makes no grant.
-    let mut orphan = code("g-orphan-client");
-    orphan.client_id = "deleted-client".into();
-    assert_eq!(
-        s.redeem_code(&orphan, &new_grant(), NOW, false)
-            .await
-            .unwrap(),
-        Redemption::Orphaned
-    );
-    assert!(s.grant("g-orphan-client").await.unwrap().is_none());
-    let mut orphan = code("g-orphan-user");
-    orphan.user_id = "deleted-user".into();
-    assert_eq!(
-        s.redeem_code(&orphan, &new_grant(), NOW, false)
-            .await
-            .unwrap(),
-        Redemption::Orphaned
-    );
-    assert!(s.grant("g-orphan-user").await.unwrap().is_none());
-    // When its session is required: a code whose session ended makes no grant, one
-    // whose session lives does.
-    let mut ended = code("g-session-ended");
-    ended.session_hash = Some("no-such-session".into());
-    assert_eq!(
-        s.redeem_code(&ended, &new_grant(), NOW, true)
-            .await
-            .unwrap(),
-        Redemption::Orphaned
-    );
-    assert!(s.grant("g-session-ended").await.unwrap().is_none());
+    // makes no grant; nor, when its session is required, one whose session ended.
+    let mut orphans = [
+        (code("g-orphan-client"), false),
+        (code("g-orphan-user"), false),
+        (code("g-session-ended"), true),
+    ];
+    orphans[0].0.client_id = "deleted-client".into();
+    orphans[1].0.user_id = "deleted-user".into();
+    orphans[2].0.session_hash = Some("no-such-session".into());
+    for (orphan, session_required) in &orphans {
+        assert_eq!(
+            s.redeem_code(orphan, &new_grant(), NOW, *session_required)
+                .await
+                .unwrap(),
+            Redemption::Orphaned,
+            "{}",
+            orphan.grant_id
+        );
+        assert!(s.grant(&orphan.grant_id).await.unwrap().is_none());
+    }
+    // A code whose session lives, when it is required, makes its grant.
     s.create_session(&Session {
         session_hash: "code-session".into(),
         user_id: "u1".into(),

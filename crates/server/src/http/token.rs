@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_core::claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, IdTokenClaims};
 use latchkey_core::client::{Client, ClientAuthenticated, GrantType};
+use latchkey_core::code::{Unredeemable, check_times};
 use latchkey_core::jose::{Alg, at_hash};
 use latchkey_core::model::{Grant, User};
 use latchkey_core::pkce::PkceVerified;
@@ -134,29 +135,29 @@ async fn redeem_code(
     let now = state.now();
     let invalid = || OAuthError::invalid_grant("the code is not valid");
     let stored = state.codes.open(code).ok_or_else(invalid)?;
-    // Single use holds while the grant's row outlives the code by every node's clock
-    // (GRANT_KEPT_AFTER_END); a code from a node whose clock runs further ahead than the
-    // leeway would outlive it.
-    if latchkey_core::code::issued_in_the_future(&stored, now) {
-        tracing::warn!(
-            "an authorization code was issued in the future by this node's clock: the servers' clocks disagree"
-        );
-        return Err(OAuthError::invalid_grant(
-            "the code was issued in the future; the servers' clocks disagree",
-        ));
-    }
-    if now >= stored.expires_at {
-        // Never redeemed past its life; but if it was redeemed while it lived, this is
-        // a reuse all the same (RFC 9700 §4.2.4), and revokes what it made.
-        let made = state
-            .store
-            .grant(&stored.grant_id)
-            .await
-            .map_err(|e| store_failure(&e))?;
-        if made.is_some_and(|g| g.revoked_at.is_none()) {
-            revoke_reused(state, &stored.grant_id, now).await?;
+    match check_times(&stored, now) {
+        Ok(()) => {}
+        Err(Unredeemable::FromTheFuture) => {
+            tracing::warn!(
+                "an authorization code was issued in the future by this node's clock: the servers' clocks disagree"
+            );
+            return Err(OAuthError::invalid_grant(
+                "the code was issued in the future; the servers' clocks disagree",
+            ));
         }
-        return Err(OAuthError::invalid_grant("the code has expired"));
+        Err(Unredeemable::Expired) => {
+            // Never redeemed past its life; if it was redeemed while it lived, this is
+            // a reuse all the same, and revokes what it made.
+            let made = state
+                .store
+                .grant(&stored.grant_id)
+                .await
+                .map_err(|e| store_failure(&e))?;
+            if made.is_some_and(|g| g.revoked_at.is_none()) {
+                revoke_reused(state, &stored.grant_id, now).await?;
+            }
+            return Err(OAuthError::invalid_grant("the code has expired"));
+        }
     }
     let refresh_token = if client.allows_grant(GrantType::RefreshToken) {
         Some(RefreshToken {
@@ -195,7 +196,6 @@ async fn redeem_code(
         redirect_uri,
         verifier,
         resource,
-        now,
     )
     .await;
     let (pkce, user) = match checked {
@@ -241,7 +241,6 @@ async fn check_redemption(
     redirect_uri: Option<&str>,
     verifier: Option<&str>,
     resource: Option<&str>,
-    now: i64,
 ) -> Result<(PkceVerified, Arc<User>), OAuthError> {
     if resource.is_some() && resource != stored.resource.as_deref() {
         return Err(OAuthError::new(
@@ -249,7 +248,7 @@ async fn check_redemption(
             "resource differs from the one in the authorization request",
         ));
     }
-    let pkce = check_code_redemption(stored, authenticated, redirect_uri, verifier, UnixTime(now))?;
+    let pkce = check_code_redemption(stored, authenticated, redirect_uri, verifier)?;
     let user = active_user(state, &stored.user_id).await?;
     Ok((pkce, user))
 }
@@ -586,11 +585,6 @@ async fn active_user(state: &AppState, user_id: &str) -> Result<Arc<User>, OAuth
     }
 }
 
-/// A grant id: the creation second (5 bytes, big-endian) and 88 random bits, in hex.
-/// The time first makes new ids sort after old ones, so that inserting a grant adds
-/// to the last page of the primary-key index instead of dirtying a random one (one
-/// WAL frame fewer per code flow); the random part keeps ids unguessable. The time
-/// is no secret: every token of the grant carries `auth_time` and `iat`.
 /// Where a presented refresh token stands in its grant's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum RefreshStanding {

@@ -724,6 +724,19 @@ async fn tokens_via(
     req: &Authz,
     user: &str,
 ) -> Result<Tokens, String> {
+    Ok(code_and_tokens_via(server, browser, client, req, user)
+        .await?
+        .1)
+}
+
+/// [`tokens_via`], keeping the code (to present it again).
+async fn code_and_tokens_via(
+    server: &TestServer,
+    browser: &Browser,
+    client: &TestClient,
+    req: &Authz,
+    user: &str,
+) -> Result<(String, Tokens), String> {
     let code = code_via(server, browser, req, user).await?;
     let a = redeem_at(
         server,
@@ -733,7 +746,7 @@ async fn tokens_via(
         Some(&req.verifier),
     )
     .await?;
-    tokens(&a)
+    Ok((code, tokens(&a)?))
 }
 
 async fn refresh_call(
@@ -1286,21 +1299,7 @@ async fn attacks_codes() {
     let expiring_issued = Instant::now();
     // Redeemed at once, presented again once its lifetime is over.
     let late_req = Authz::new(&app.id, REDIRECT_URI, "late-reuse");
-    let late_first = async {
-        let code = code_via(&server, &browser, &late_req, "alice").await?;
-        let first = tokens(
-            &redeem_at(
-                &server,
-                &app,
-                &code,
-                Some(REDIRECT_URI),
-                Some(&late_req.verifier),
-            )
-            .await?,
-        )?;
-        Ok::<_, String>((code, first))
-    }
-    .await;
+    let late_first = code_and_tokens_via(&server, &browser, &app, &late_req, "alice").await;
 
     let fresh =
         |client: &TestClient, redirect: &str, state: &str| Authz::new(&client.id, redirect, state);
@@ -1335,17 +1334,7 @@ async fn attacks_codes() {
     // BCP-22 / TM-10: the second redemption fails and revokes what the first made.
     let reuse = async {
         let req = fresh(&app, REDIRECT_URI, "reuse");
-        let code = code_via(&server, &browser, &req, "alice").await?;
-        let first = tokens(
-            &redeem_at(
-                &server,
-                &app,
-                &code,
-                Some(REDIRECT_URI),
-                Some(&req.verifier),
-            )
-            .await?,
-        )?;
+        let (code, first) = code_and_tokens_via(&server, &browser, &app, &req, "alice").await?;
         let second = redeem_at(
             &server,
             &app,
