@@ -59,6 +59,11 @@ pub struct Options {
     pub scale_users: Option<usize>,
     #[arg(long)]
     pub scale_grants: Option<usize>,
+    /// Timed rounds (default 3; 2 with --smoke). Each round measures every workload on
+    /// every server, the servers of one workload back to back, so that what slows the
+    /// machine for a while slows them alike; the table gives each row's median round.
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Operations per workload in the counting pass (default 10,000; 300 with --smoke).
     #[arg(long)]
     pub account_ops: Option<u64>,
@@ -151,7 +156,11 @@ impl Writes {
 struct Row {
     target: Target,
     workload: Workload,
+    /// The median of `rounds` (see [`median`]).
     outcome: Outcome,
+    /// Every timed round, in order.
+    rounds: Vec<Outcome>,
+    /// The highest of the rounds.
     peak_rss_kib: u64,
     writes: Option<Writes>,
     /// Instructions the server executed per operation, counted by callgrind.
@@ -235,6 +244,29 @@ impl Server {
     }
 }
 
+/// The database name at the end of a PostgreSQL URL.
+fn db_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// Replaces `to` with a copy of the files in `from` (a SQLite data directory: the
+/// database, its WAL and what the generator wrote beside them).
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(|e| io(to, e))?;
+    }
+    std::fs::create_dir_all(to).map_err(|e| io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io(from, e))? {
+        let entry = entry.map_err(|e| io(from, e))?;
+        if entry.file_type().map_err(|e| io(from, e))?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .map_err(|e| io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a program is on the PATH.
 fn have(program: &str) -> bool {
     Command::new(program)
@@ -288,6 +320,7 @@ struct Suite {
     o: Options,
     warmup: Duration,
     measure: Duration,
+    rounds: usize,
     account_ops: u64,
     workloads: Vec<Workload>,
     master_key: String,
@@ -313,6 +346,7 @@ pub fn run(o: Options) -> Result<(), String> {
     let mut suite = Suite {
         warmup: Duration::from_secs_f64(o.warmup.unwrap_or(if smoke { 0.5 } else { 3.0 })),
         measure: Duration::from_secs_f64(o.duration.unwrap_or(if smoke { 1.5 } else { 10.0 })),
+        rounds: o.rounds.unwrap_or(if smoke { 2 } else { 3 }).max(1),
         account_ops: o.account_ops.unwrap_or(if smoke { 300 } else { 10_000 }),
         workloads,
         master_key: base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key),
@@ -365,9 +399,6 @@ impl Suite {
             self.warmup.as_secs_f64(),
             self.measure.as_secs_f64()
         );
-        if !skip(&self.o, "ceiling") {
-            self.ceiling()?;
-        }
         let large = self.large();
         let mut targets = Vec::new();
         let sqlite_dir = |name: &str| self.o.work.join(name).display().to_string();
@@ -436,13 +467,54 @@ impl Suite {
             }
         }
         for t in &targets {
-            self.target(t)?;
+            self.prepare(t)?;
+        }
+        let ceiling = !skip(&self.o, "ceiling");
+        let workloads = self.workloads.clone();
+        for round in 1..=self.rounds {
+            eprintln!("== round {round} of {}", self.rounds);
+            if ceiling {
+                self.ceiling()?;
+            }
+            for &w in &workloads {
+                for t in &targets {
+                    self.measured(t, w)?;
+                }
+            }
+        }
+        for r in &mut self.rows {
+            r.outcome = median(&r.rounds);
+        }
+        for t in &targets {
+            self.extras(t)?;
         }
         self.report(t0.elapsed())
     }
 
+    /// Adds one round's outcome to the row of `target` and `w`.
+    fn record(&mut self, target: &Target, w: Workload, outcome: Outcome, rss: u64) {
+        match self
+            .rows
+            .iter_mut()
+            .find(|r| r.target.key == target.key && r.workload == w)
+        {
+            Some(r) => {
+                r.rounds.push(outcome);
+                r.peak_rss_kib = r.peak_rss_kib.max(rss);
+            }
+            None => self.rows.push(Row {
+                target: target.clone(),
+                workload: w,
+                outcome: Outcome::default(),
+                rounds: vec![outcome],
+                peak_rss_kib: rss,
+                writes: None,
+                instructions_per_op: None,
+            }),
+        }
+    }
+
     fn ceiling(&mut self) -> Result<(), String> {
-        eprintln!("== ceiling: bare axum");
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.args(["bare", "--listen", "127.0.0.1:0"]);
@@ -456,17 +528,22 @@ impl Suite {
             location: String::new(),
         };
         let fixture = Arc::new(data::fixture(Size::SMALL, 1000));
-        let outcome = self.timed(&server, &fixture, Workload::Bare)?;
+        eprint!("   {:<28}", "bare axum (ceiling)");
+        let outcome = self.timed(&server, &fixture, Workload::Bare);
         let rss = server.peak_rss_kib();
         server.stop();
-        self.rows.push(Row {
-            target,
-            workload: Workload::Bare,
-            outcome,
-            peak_rss_kib: rss,
-            writes: None,
-            instructions_per_op: None,
-        });
+        self.record(&target, Workload::Bare, outcome?, rss);
+        Ok(())
+    }
+
+    /// One timed run of `w` against a freshly started server of `t`.
+    fn measured(&mut self, t: &Target, w: Workload) -> Result<(), String> {
+        let (server, fixture) = self.start(t, false)?;
+        eprint!("   {:<28}", t.key);
+        let outcome = self.timed(&server, &fixture, w);
+        let rss = server.peak_rss_kib();
+        server.stop();
+        self.record(t, w, outcome?, rss);
         Ok(())
     }
 
@@ -524,12 +601,14 @@ impl Suite {
         Ok(outcome)
     }
 
-    /// Fills the target's store and returns the fixture for it.
-    fn prepare(&self, t: &Target) -> Result<Option<Fixture>, String> {
-        let Some(size) = t.size else { return Ok(None) };
+    /// Fills the target's store; a small one is also kept as it is now (see
+    /// [`Suite::restore`]).
+    fn prepare(&self, t: &Target) -> Result<(), String> {
+        let Some(size) = t.size else { return Ok(()) };
+        let prepared = Instant::now();
         eprintln!(
-            "   generating {} clients, {} users with sessions, {} grants",
-            size.clients, size.users, size.grants
+            "== {}: generating {} clients, {} users with sessions, {} grants",
+            t.label, size.clients, size.users, size.grants
         );
         let now = unix_now();
         match t.kind {
@@ -541,27 +620,17 @@ impl Suite {
                 block_on(data::fill_sqlite(&dir, size, now))??;
             }
             Kind::Postgres => {
-                let name = t.location.rsplit('/').next().unwrap_or_default().to_owned();
-                let admin = self.o.pg.clone();
-                block_on(async {
-                    use sqlx::Connection;
-                    let mut c = sqlx::PgConnection::connect(&admin)
-                        .await
-                        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
-                    for sql in [
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                        format!("CREATE DATABASE {name}"),
-                    ] {
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                            .execute(&mut c)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    c.close().await.map_err(|e| e.to_string())?;
-                    data::fill_postgres(&t.location, size, now).await
-                })??;
+                let name = db_name(&t.location);
+                self.pg_admin(&[
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("CREATE DATABASE {name}"),
+                ])?;
+                block_on(data::fill_postgres(&t.location, size, now))??;
             }
             _ => {}
+        }
+        if !t.large {
+            self.keep_pristine(t)?;
         }
         // The store was just written: let the kernel write it back to disk before the
         // timed runs, or they measure the writeback (measured: even client_credentials,
@@ -570,12 +639,80 @@ impl Suite {
         if !synced.is_ok_and(|s| s.success()) {
             eprintln!("   (sync failed: the first runs may be slowed by writeback)");
         }
-        Ok(Some(data::fixture(size, 1000)))
+        eprintln!(
+            "   store ready in {:.1} s",
+            prepared.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Where a small store's untouched copy is kept: a directory beside the SQLite one,
+    /// or a PostgreSQL database used as a template.
+    fn pristine(t: &Target) -> String {
+        format!("{}_pristine", t.location)
+    }
+
+    fn keep_pristine(&self, t: &Target) -> Result<(), String> {
+        match t.kind {
+            Kind::Sqlite => copy_dir(Path::new(&t.location), Path::new(&Self::pristine(t))),
+            Kind::Postgres => {
+                let name = db_name(&t.location);
+                self.pg_admin(&[
+                    format!("DROP DATABASE IF EXISTS {name}_pristine"),
+                    format!("CREATE DATABASE {name}_pristine TEMPLATE {name}"),
+                ])
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts a small store back as it was generated, before each server start. Every
+    /// code flow adds a grant (over 100,000 in one timed run), so without this the
+    /// small store would grow towards the large one round after round, and the
+    /// comparison between them would flatter the large one. The large store is not
+    /// reset: growing it only makes it larger.
+    fn restore(&self, t: &Target) -> Result<(), String> {
+        if t.large || t.size.is_none() {
+            return Ok(());
+        }
+        match t.kind {
+            Kind::Sqlite => copy_dir(Path::new(&Self::pristine(t)), Path::new(&t.location)),
+            Kind::Postgres => {
+                let name = db_name(&t.location);
+                self.pg_admin(&[
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("CREATE DATABASE {name} TEMPLATE {name}_pristine"),
+                ])
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs statements on the PostgreSQL server's administrative connection.
+    fn pg_admin(&self, statements: &[String]) -> Result<(), String> {
+        let admin = self.o.pg.clone();
+        block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&admin)
+                .await
+                .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+            for sql in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
+                    .execute(&mut c)
+                    .await
+                    .map_err(|e| format!("{sql}: {e}"))?;
+            }
+            c.close().await.map_err(|e| e.to_string())
+        })?
     }
 
     fn start(&self, t: &Target, counting: bool) -> Result<(Server, Arc<Fixture>), String> {
         match t.kind {
             Kind::Sqlite | Kind::Postgres => {
+                // The counting pass keeps the store it installed its counters in.
+                if !counting {
+                    self.restore(t)?;
+                }
                 let mut cmd = Command::new(&self.o.latchkey);
                 cmd.args(["serve", "--listen", "127.0.0.1:0"]);
                 if t.kind == Kind::Sqlite {
@@ -629,6 +766,7 @@ impl Suite {
         let dir = self.o.work.join("callgrind");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.restore(t)?;
         let mut cmd = Command::new("valgrind");
         cmd.arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}/out.%p", dir.display()))
@@ -697,32 +835,16 @@ impl Suite {
         Ok(Arc::new(data::fixture(size, 1000)))
     }
 
-    fn target(&mut self, t: &Target) -> Result<(), String> {
-        eprintln!("== {}", t.label);
-        let prepared = Instant::now();
-        self.prepare(t)?;
-        if t.size.is_some() {
-            eprintln!(
-                "   store ready in {:.1} s",
-                prepared.elapsed().as_secs_f64()
-            );
-        }
+    /// What is measured once per target after the rounds: instructions per operation
+    /// and writes per operation; then the large stores are dropped.
+    fn extras(&mut self, t: &Target) -> Result<(), String> {
         let workloads = self.workloads.clone();
-        for &w in &workloads {
-            let (server, fixture) = self.start(t, false)?;
-            let outcome = self.timed(&server, &fixture, w);
-            let rss = server.peak_rss_kib();
-            server.stop();
-            self.rows.push(Row {
-                target: t.clone(),
-                workload: w,
-                outcome: outcome?,
-                peak_rss_kib: rss,
-                writes: None,
-                instructions_per_op: None,
-            });
+        let counted = t.kind == Kind::Sqlite && !skip(&self.o, "callgrind") && have("valgrind");
+        let accounted = !t.large && !skip(&self.o, "accounting");
+        if counted || accounted {
+            eprintln!("== {}", t.label);
         }
-        if t.kind == Kind::Sqlite && !skip(&self.o, "callgrind") && have("valgrind") {
+        if counted && !skip(&self.o, "callgrind") && have("valgrind") {
             let n = self.callgrind_ops();
             eprintln!("   instructions per operation (callgrind, {n} operations each)");
             for &w in &workloads {
@@ -738,12 +860,13 @@ impl Suite {
                 }
             }
         }
-        if !t.large && !skip(&self.o, "accounting") {
+        if accounted {
             eprintln!(
                 "   counting rows and bytes written: {} operations per workload",
                 self.account_ops
             );
             if t.kind != Kind::Peer {
+                self.restore(t)?;
                 db_do(t, async |db| db.install_counters().await)?;
             }
             for &w in &workloads {
@@ -768,31 +891,25 @@ impl Suite {
                 db_do(t, async |db| db.remove_counters().await)?;
             }
         }
-        if t.large && !self.o.keep {
+        if !self.o.keep {
             self.drop_store(t);
         }
         Ok(())
     }
 
+    /// Removes a store and its untouched copy (`--keep` keeps them).
     fn drop_store(&self, t: &Target) {
         match t.kind {
             Kind::Sqlite => {
                 let _ = std::fs::remove_dir_all(&t.location);
+                let _ = std::fs::remove_dir_all(Self::pristine(t));
             }
             Kind::Postgres => {
-                let name = t.location.rsplit('/').next().unwrap_or_default().to_owned();
-                let admin = self.o.pg.clone();
-                let _ = block_on(async {
-                    use sqlx::Connection;
-                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut c)
-                        .await;
-                        let _ = c.close().await;
-                    }
-                });
+                let name = db_name(&t.location);
+                let _ = self.pg_admin(&[
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("DROP DATABASE IF EXISTS {name}_pristine WITH (FORCE)"),
+                ]);
             }
             _ => {}
         }
@@ -942,11 +1059,12 @@ impl Suite {
         let mut md = String::new();
         let o = &self.o;
         md.push_str(&format!(
-            "{} connections, closed loop, load generator on the same machine ({} threads); {:.1} s warm-up + {:.1} s measured per workload, each against a freshly started server; ID tokens {} on both servers{}.\n\n",
+            "{} connections, closed loop, load generator on the same machine ({} threads); {:.1} s warm-up + {:.1} s measured per workload, each against a freshly started server; {} rounds, the servers of one workload back to back in each, and every number below the median of its rounds (peak RSS: the highest); ID tokens {} on both servers{}.\n\n",
             o.connections,
             o.threads,
             self.warmup.as_secs_f64(),
             self.measure.as_secs_f64(),
+            self.rounds,
             o.id_token_alg.as_str(),
             if o.smoke { "; SMOKE RUN: these numbers mean nothing" } else { "" }
         ));
@@ -1019,6 +1137,9 @@ impl Suite {
                 thousands(c),
                 cc / c * 100.0
             ));
+        }
+        if self.rounds > 1 {
+            md.push_str(&self.round_lines());
         }
         for (small, large, name) in [
             ("sqlite", "sqlite-large", "SQLite"),
@@ -1113,6 +1234,68 @@ impl Suite {
             return Err(format!("wrong answers: {}", errors.join("; ")));
         }
         Ok(())
+    }
+
+    /// The ratios the targets are judged on, round by round: how much they move.
+    fn round_lines(&self) -> String {
+        let per_round = |a: &str, b: &str, w: Workload| -> Option<String> {
+            let a = &self.find(a, w)?.rounds;
+            let b = &self.find(b, w)?.rounds;
+            let each: Vec<String> = a
+                .iter()
+                .zip(b)
+                .map(|(a, b)| {
+                    if b.per_second > 0.0 {
+                        format!("{:.2}", a.per_second / b.per_second)
+                    } else {
+                        "?".into()
+                    }
+                })
+                .collect();
+            Some(format!("{} {}", w.short(), each.join(" / ")))
+        };
+        let mut out = String::new();
+        for (a, b, what) in [
+            ("sqlite", "peer", "Latchkey on SQLite / peer"),
+            (
+                "sqlite-large",
+                "sqlite",
+                "large store / small store, SQLite",
+            ),
+            (
+                "postgres-large",
+                "postgres",
+                "large store / small store, PostgreSQL",
+            ),
+        ] {
+            let lines: Vec<String> = self
+                .workloads
+                .iter()
+                .filter_map(|&w| per_round(a, b, w))
+                .collect();
+            if !lines.is_empty() {
+                out.push_str(&format!(
+                    "- **{what}, round by round**: {}.\n",
+                    lines.join("; ")
+                ));
+            }
+        }
+        if let (Some(cc), Some(bare)) = (
+            self.find("sqlite", Workload::ClientCredentials),
+            self.find("bare", Workload::Bare),
+        ) {
+            let each: Vec<String> = cc
+                .rounds
+                .iter()
+                .zip(&bare.rounds)
+                .map(|(a, b)| format!("{:.0}%", a.per_second / b.per_second.max(1.0) * 100.0))
+                .collect();
+            out.push_str(&format!(
+                "- **client_credentials on SQLite / ceiling, round by round**: {}.\n",
+                each.join(" / ")
+            ));
+        }
+        out
     }
 
     fn verify_line(&self) -> String {
@@ -1295,6 +1478,32 @@ impl Suite {
             ),
         );
         out
+    }
+}
+
+/// The median round: the median of each rate and latency over the rounds (the mean of
+/// the middle two for an even count), the highest maximum, and every operation and
+/// error counted.
+fn median(rounds: &[Outcome]) -> Outcome {
+    let mid = |f: fn(&Outcome) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    Outcome {
+        ops: rounds.iter().map(|r| r.ops).sum(),
+        total_ops: rounds.iter().map(|r| r.total_ops).sum(),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+        seconds: rounds.iter().map(|r| r.seconds).sum(),
+        per_second: mid(|r| r.per_second),
+        p50_ms: mid(|r| r.p50_ms),
+        p99_ms: mid(|r| r.p99_ms),
+        max_ms: rounds.iter().map(|r| r.max_ms).fold(0.0, f64::max),
+        first_error: rounds.iter().find_map(|r| r.first_error.clone()),
     }
 }
 
