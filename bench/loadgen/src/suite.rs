@@ -844,7 +844,7 @@ impl Suite {
         if counted || accounted {
             eprintln!("== {}", t.label);
         }
-        if counted && !skip(&self.o, "callgrind") && have("valgrind") {
+        if counted {
             let n = self.callgrind_ops();
             eprintln!("   instructions per operation (callgrind, {n} operations each)");
             for &w in &workloads {
