@@ -40,13 +40,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/login", post(authorize::login))
         .route("/consent", post(authorize::consent))
-        .route(paths::TOKEN, post(token::token))
+        .route(paths::TOKEN, post(token::token).fallback(post_only))
         .route(
             paths::USERINFO,
             get(userinfo::userinfo_get).post(userinfo::userinfo_post),
         )
-        .route(paths::REVOKE, post(backchannel::revoke))
-        .route(paths::INTROSPECT, post(backchannel::introspect))
+        .route(paths::REVOKE, post(backchannel::revoke).fallback(post_only))
+        .route(
+            paths::INTROSPECT,
+            post(backchannel::introspect).fallback(post_only),
+        )
         .route(paths::REVOCATION_FEED, get(backchannel::revocation_feed))
         .route(
             paths::END_SESSION,
@@ -157,6 +160,18 @@ pub fn json_error(err: &OAuthError) -> Response {
         );
     }
     (status, headers, axum::Json(err.to_json())).into_response()
+}
+
+/// Any other method at the token, revocation and introspection endpoints, which take
+/// POST only (RFC 6749 §3.2, RFC 7009 §2.1, RFC 7662 §2.1): 405, with the `Allow`
+/// header axum adds (RFC 9110 §15.5.6), and the error as JSON like the endpoint's
+/// other errors, so that a client reading it learns what went wrong.
+async fn post_only() -> Response {
+    let mut answer = json_error(&OAuthError::invalid_request(
+        "this endpoint takes POST only",
+    ));
+    *answer.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    answer
 }
 
 /// Reads a back-channel request: a form body and the client's credentials (RFC 6749

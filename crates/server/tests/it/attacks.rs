@@ -2300,6 +2300,22 @@ async fn attacks_parameters() {
                 !allow.is_empty(),
                 "405 without an Allow header (RFC 9110 §15.5.6)"
             );
+            // The back-channel endpoints answer every error as JSON (RFC 6749 §5.2).
+            let backchannel_endpoint = ["/token", "/revoke", "/introspect"]
+                .iter()
+                .any(|p| path.starts_with(p));
+            if backchannel_endpoint {
+                ensure!(allow.contains("POST"), "Allow does not name POST: {allow}");
+                let error: Value = serde_json::from_str(&page.body)
+                    .map_err(|e| format!("not JSON ({e}): {}", page.body))?;
+                ensure!(
+                    error["error"] == "invalid_request"
+                        && error["error_description"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("POST")),
+                    "not the RFC 6749 §5.2 error naming POST: {error}"
+                );
+            }
             Ok(())
         }
         .await;
