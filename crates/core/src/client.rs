@@ -207,13 +207,28 @@ impl ClientAuthenticated {
 }
 
 /// The client credentials of one request, taken from the Authorization header or the body.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PresentedCredentials {
     pub client_id: String,
     pub secret: Option<String>,
     pub method: AuthMethod,
     /// Whether HTTP Basic was used; a failure then answers with `WWW-Authenticate`.
     pub used_basic: bool,
+}
+
+/// The client id and how it authenticated, never the secret.
+impl std::fmt::Debug for PresentedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresentedCredentials")
+            .field("client_id", &self.client_id)
+            .field(
+                "secret",
+                &self.secret.as_ref().map(|_| crate::secret::REDACTED),
+            )
+            .field("method", &self.method)
+            .field("used_basic", &self.used_basic)
+            .finish()
+    }
 }
 
 impl PresentedCredentials {

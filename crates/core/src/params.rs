@@ -12,7 +12,7 @@ pub const MAX_PARAM_LEN: usize = 4096;
 pub const MAX_PARAMS: usize = 64;
 
 /// Parsed `application/x-www-form-urlencoded` parameters with no duplicates.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Params {
     map: HashMap<String, String>,
 }

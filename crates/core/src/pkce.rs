@@ -65,7 +65,7 @@ impl CodeChallenge {
 }
 
 /// A `code_verifier`: 43 to 128 characters from `[A-Za-z0-9-._~]` (RFC 7636 §4.1).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CodeVerifier(String);
 
 impl CodeVerifier {

@@ -7,6 +7,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 
+/// What a credential's `Debug` shows instead of its value, so that no `{:?}` can put
+/// a code, token, verifier or secret into a log.
+pub const REDACTED: &str = "<redacted>";
+
 /// 32 random bytes, base64url without padding (43 characters): 256 bits of entropy,
 /// above RFC 6749 §10.10 and TM-04.
 pub fn random_token(rng: &dyn SecureRandom) -> Result<String, aws_lc_rs::error::Unspecified> {

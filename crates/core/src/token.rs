@@ -5,10 +5,11 @@ use crate::client::ClientAuthenticated;
 use crate::model::AuthorizationCode;
 use crate::params::Params;
 use crate::pkce::{CodeVerifier, PkceVerified};
+use crate::secret::REDACTED;
 use crate::{ErrorCode, OAuthError};
 
 /// A token request, by `grant_type`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum TokenRequest {
     AuthorizationCode {
         code: String,
@@ -25,6 +26,40 @@ pub enum TokenRequest {
         scope: Option<String>,
         resource: Option<String>,
     },
+}
+
+/// Shows the grant type and the parameters that are not credentials: a code, a
+/// verifier or a refresh token must never reach a log through `{:?}`.
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenRequest::AuthorizationCode {
+                redirect_uri,
+                code_verifier,
+                resource,
+                ..
+            } => f
+                .debug_struct("AuthorizationCode")
+                .field("code", &REDACTED)
+                .field("redirect_uri", redirect_uri)
+                .field("code_verifier", &code_verifier.as_ref().map(|_| REDACTED))
+                .field("resource", resource)
+                .finish(),
+            TokenRequest::RefreshToken {
+                scope, resource, ..
+            } => f
+                .debug_struct("RefreshToken")
+                .field("refresh_token", &REDACTED)
+                .field("scope", scope)
+                .field("resource", resource)
+                .finish(),
+            TokenRequest::ClientCredentials { scope, resource } => f
+                .debug_struct("ClientCredentials")
+                .field("scope", scope)
+                .field("resource", resource)
+                .finish(),
+        }
+    }
 }
 
 impl TokenRequest {
@@ -69,11 +104,22 @@ impl TokenRequest {
 
 /// An opaque refresh token: `<grant_id>.<generation>.<secret>`. Only the digest of the
 /// secret is stored, in the grant row (DESIGN §2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
     pub grant_id: String,
     pub generation: i64,
     pub secret: String,
+}
+
+/// The grant and generation, never the secret.
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("grant_id", &self.grant_id)
+            .field("generation", &self.generation)
+            .field("secret", &REDACTED)
+            .finish()
+    }
 }
 
 impl RefreshToken {
@@ -136,6 +182,65 @@ pub fn check_code_redemption(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No credential reaches a log through `{:?}`: a code, a verifier, a refresh token
+    /// and a client secret are shown as `<redacted>`; what is not secret still shows.
+    #[test]
+    fn debug_never_shows_a_credential() {
+        let p = |s: &str| Params::parse(s.as_bytes()).unwrap();
+        let cases = [
+            (
+                format!(
+                    "{:?}",
+                    TokenRequest::parse(&p(
+                        "grant_type=authorization_code&code=CODEVALUE&code_verifier=VERIFIERVALUE&redirect_uri=https%3A%2F%2Fapp%2Fcb"
+                    ))
+                    .unwrap()
+                ),
+                &["CODEVALUE", "VERIFIERVALUE"][..],
+                "https://app/cb",
+            ),
+            (
+                format!(
+                    "{:?}",
+                    TokenRequest::parse(&p(
+                        "grant_type=refresh_token&refresh_token=g1.2.REFRESHSECRET&scope=api"
+                    ))
+                    .unwrap()
+                ),
+                &["REFRESHSECRET", "g1.2"][..],
+                "api",
+            ),
+            (
+                format!(
+                    "{:?}",
+                    RefreshToken::parse(&format!("abc123.7.REFRESHSECRET{}", "x".repeat(30))).unwrap()
+                ),
+                &["REFRESHSECRET"][..],
+                "abc123",
+            ),
+            (
+                format!(
+                    "{:?}",
+                    crate::client::PresentedCredentials::from_request(
+                        None,
+                        Some("client-one"),
+                        Some("CLIENTSECRET"),
+                    )
+                    .unwrap()
+                ),
+                &["CLIENTSECRET"][..],
+                "client-one",
+            ),
+        ];
+        for (shown, secrets, visible) in cases {
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} shown in {shown}");
+            }
+            assert!(shown.contains(REDACTED), "nothing redacted in {shown}");
+            assert!(shown.contains(visible), "{visible} missing from {shown}");
+        }
+    }
 
     #[test]
     fn grant_types() {

@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 const DEMO_COOKIE: &str = "lk_demo";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DemoClient {
     pub client_id: String,
     pub client_secret: String,

@@ -27,7 +27,7 @@ use crate::state::AppState;
 const MAX_CHAIN_WALK: i64 = 10_000;
 
 /// RFC 6749 §5.1.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
