@@ -482,16 +482,14 @@ impl Suite {
                 }
             }
         }
-        for r in &mut self.rows {
-            r.outcome = median(&r.rounds);
-        }
         for t in &targets {
             self.extras(t)?;
         }
         self.report(t0.elapsed())
     }
 
-    /// Adds one round's outcome to the row of `target` and `w`.
+    /// Adds one round's outcome to the row of `target` and `w`, whose outcome is kept
+    /// the median of its rounds.
     fn record(&mut self, target: &Target, w: Workload, outcome: Outcome, rss: u64) {
         match self
             .rows
@@ -500,12 +498,13 @@ impl Suite {
         {
             Some(r) => {
                 r.rounds.push(outcome);
+                r.outcome = median(&r.rounds);
                 r.peak_rss_kib = r.peak_rss_kib.max(rss);
             }
             None => self.rows.push(Row {
                 target: target.clone(),
                 workload: w,
-                outcome: Outcome::default(),
+                outcome: outcome.clone(),
                 rounds: vec![outcome],
                 peak_rss_kib: rss,
                 writes: None,
@@ -653,17 +652,7 @@ impl Suite {
     }
 
     fn keep_pristine(&self, t: &Target) -> Result<(), String> {
-        match t.kind {
-            Kind::Sqlite => copy_dir(Path::new(&t.location), Path::new(&Self::pristine(t))),
-            Kind::Postgres => {
-                let name = db_name(&t.location);
-                self.pg_admin(&[
-                    format!("DROP DATABASE IF EXISTS {name}_pristine"),
-                    format!("CREATE DATABASE {name}_pristine TEMPLATE {name}"),
-                ])
-            }
-            _ => Ok(()),
-        }
+        self.copy_store(t.kind, &t.location, &Self::pristine(t))
     }
 
     /// Puts a small store back as it was generated, before each server start. Every
@@ -675,13 +664,19 @@ impl Suite {
         if t.large || t.size.is_none() {
             return Ok(());
         }
-        match t.kind {
-            Kind::Sqlite => copy_dir(Path::new(&Self::pristine(t)), Path::new(&t.location)),
+        self.copy_store(t.kind, &Self::pristine(t), &t.location)
+    }
+
+    /// Makes the store at `to` a copy of the one at `from`: SQLite data directories, or
+    /// PostgreSQL databases named by URL (`from` as the template).
+    fn copy_store(&self, kind: Kind, from: &str, to: &str) -> Result<(), String> {
+        match kind {
+            Kind::Sqlite => copy_dir(Path::new(from), Path::new(to)),
             Kind::Postgres => {
-                let name = db_name(&t.location);
+                let (from, to) = (db_name(from), db_name(to));
                 self.pg_admin(&[
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    format!("CREATE DATABASE {name} TEMPLATE {name}_pristine"),
+                    format!("DROP DATABASE IF EXISTS {to} WITH (FORCE)"),
+                    format!("CREATE DATABASE {to} TEMPLATE {from}"),
                 ])
             }
             _ => Ok(()),
